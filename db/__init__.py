@@ -1,0 +1,1 @@
+"""The preference store: models, engine, queries and migrations. Imports neither selfplay nor workers."""

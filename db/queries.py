@@ -1,0 +1,218 @@
+"""Query functions over the store. Each takes a session and does not commit: the caller owns it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, aliased
+
+from db.models import (
+    Base,
+    Checkpoint,
+    Judgment,
+    Metric,
+    Pair,
+    Prompt,
+    Response,
+    ResponseLogprob,
+    Round,
+    Run,
+)
+
+
+def insert_ignore(session: Session, model: type[Base], rows: Sequence[dict[str, Any]]) -> int:
+    """Insert rows, skipping any that collide with a unique key; returns how many were new.
+
+    Rows may name different columns (omitted ones take their defaults).
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        stmt = postgresql.insert(model).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(model).on_conflict_do_nothing()
+    else:
+        raise NotImplementedError(f"insert_ignore supports sqlite and postgresql, not {dialect}")
+    by_shape: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for row in rows:
+        by_shape.setdefault(frozenset(row), []).append(row)
+    # RETURNING counts the new rows on every backend (psycopg reports rowcount -1 here).
+    stmt = stmt.returning(model.id)
+    return sum(len(session.execute(stmt, group).all()) for group in by_shape.values())
+
+
+def get_run(session: Session, name: str) -> Run | None:
+    """The run with this name, if any."""
+    return session.scalar(select(Run).where(Run.name == name))
+
+
+def get_checkpoint(session: Session, run_id: int, round_index: int) -> Checkpoint | None:
+    """The checkpoint produced by round `round_index` (-1: the initial policy)."""
+    return session.scalar(
+        select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.round_index == round_index)
+    )
+
+
+def get_round(session: Session, run_id: int, index: int) -> Round | None:
+    """Round `index` of a run, if created."""
+    return session.scalar(select(Round).where(Round.run_id == run_id, Round.index == index))
+
+
+def prompts_missing_responses(session: Session, round_id: int, k: int) -> list[Prompt]:
+    """Prompts of a round that have fewer than `k` responses, in index order."""
+    counts = (
+        select(Response.prompt_id, func.count().label("n"))
+        .where(Response.round_id == round_id)
+        .group_by(Response.prompt_id)
+        .subquery()
+    )
+    stmt = (
+        select(Prompt)
+        .outerjoin(counts, counts.c.prompt_id == Prompt.id)
+        .where(Prompt.round_id == round_id, func.coalesce(counts.c.n, 0) < k)
+        .order_by(Prompt.index)
+    )
+    return list(session.scalars(stmt))
+
+
+def responses_missing_judgment(
+    session: Session, round_id: int, judge: str, repeat: int = 0
+) -> list[tuple[Response, Prompt]]:
+    """Responses of a round without a judgment by `judge` (this repeat), with their prompts."""
+    judged = select(Judgment.id).where(
+        Judgment.response_id == Response.id, Judgment.judge == judge, Judgment.repeat == repeat
+    )
+    stmt = (
+        select(Response, Prompt)
+        .join(Prompt, Prompt.id == Response.prompt_id)
+        .where(Response.round_id == round_id, ~judged.exists())
+        .order_by(Response.id)
+    )
+    return [(r, p) for r, p in session.execute(stmt)]
+
+
+@dataclass(frozen=True)
+class ScoredResponse:
+    response_id: int
+    prompt_id: int
+    score: float
+    num_tokens: int
+
+
+def scored_responses(session: Session, round_id: int, judge: str) -> list[ScoredResponse]:
+    """Successful judgments of a round's responses (mean over repeats), in response order."""
+    stmt = (
+        select(Response.id, Response.prompt_id, func.avg(Judgment.score), Response.num_tokens)
+        .join(Judgment, Judgment.response_id == Response.id)
+        .where(Response.round_id == round_id, Judgment.judge == judge, Judgment.status == "ok")
+        .group_by(Response.id, Response.prompt_id, Response.num_tokens)
+        .order_by(Response.id)
+    )
+    return [ScoredResponse(*row) for row in session.execute(stmt)]
+
+
+@dataclass(frozen=True)
+class TrainingPair:
+    pair_id: int
+    prompt: str
+    chosen_id: int
+    chosen_token_ids: list[int]
+    rejected_id: int
+    rejected_token_ids: list[int]
+
+
+def training_pairs(session: Session, round_id: int) -> list[TrainingPair]:
+    """A round's pairs with the prompt text and both responses' token ids, in pair order."""
+    chosen, rejected = aliased(Response), aliased(Response)
+    stmt = (
+        select(Pair.id, Prompt.text, chosen.id, chosen.token_ids, rejected.id, rejected.token_ids)
+        .join(Prompt, Prompt.id == Pair.prompt_id)
+        .join(chosen, chosen.id == Pair.chosen_id)
+        .join(rejected, rejected.id == Pair.rejected_id)
+        .where(Pair.round_id == round_id)
+        .order_by(Pair.id)
+    )
+    return [TrainingPair(*row) for row in session.execute(stmt)]
+
+
+def logprobs_for(
+    session: Session, checkpoint_id: int, response_ids: Iterable[int]
+) -> dict[int, float]:
+    """Stored log-probs of these responses under a checkpoint."""
+    ids = list(response_ids)
+    out: dict[int, float] = {}
+    for i in range(0, len(ids), 500):
+        stmt = select(ResponseLogprob.response_id, ResponseLogprob.logprob).where(
+            ResponseLogprob.checkpoint_id == checkpoint_id,
+            ResponseLogprob.response_id.in_(ids[i : i + 500]),
+        )
+        out.update(dict(session.execute(stmt).all()))
+    return out
+
+
+def delete_metrics(session: Session, run_id: int, round_index: int, stage: str) -> None:
+    """Drop a stage's metrics for a round (before that stage is re-run from its start)."""
+    session.execute(
+        delete(Metric).where(
+            Metric.run_id == run_id, Metric.round_index == round_index, Metric.stage == stage
+        )
+    )
+
+
+def count_rows(session: Session, run_id: int) -> dict[str, int]:
+    """Row counts per table for one run."""
+    round_ids = select(Round.id).where(Round.run_id == run_id)
+    response_ids = select(Response.id).where(Response.round_id.in_(round_ids))
+
+    def n(stmt: Select) -> int:
+        return session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+
+    return {
+        "rounds": n(select(Round.id).where(Round.run_id == run_id)),
+        "checkpoints": n(select(Checkpoint.id).where(Checkpoint.run_id == run_id)),
+        "prompts": n(select(Prompt.id).where(Prompt.round_id.in_(round_ids))),
+        "responses": n(response_ids),
+        "judgments": n(select(Judgment.id).where(Judgment.response_id.in_(response_ids))),
+        "pairs": n(select(Pair.id).where(Pair.round_id.in_(round_ids))),
+        "response_logprobs": n(
+            select(ResponseLogprob.id).where(ResponseLogprob.response_id.in_(response_ids))
+        ),
+    }
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    index: int
+    status: str
+    pairs: int
+    responses: int
+    heldout_accuracy: float | None
+    wall_time_s: float
+    error: str | None
+
+
+def round_summaries(session: Session, run_id: int) -> list[RoundSummary]:
+    """One line of figures per round of a run, in round order."""
+    pair_counts = select(Pair.round_id, func.count().label("n")).group_by(Pair.round_id).subquery()
+    response_counts = (
+        select(Response.round_id, func.count().label("n")).group_by(Response.round_id).subquery()
+    )
+    stmt = (
+        select(
+            Round.index,
+            Round.status,
+            func.coalesce(pair_counts.c.n, 0),
+            func.coalesce(response_counts.c.n, 0),
+            Round.heldout_accuracy,
+            Round.wall_time_s,
+            Round.error,
+        )
+        .outerjoin(pair_counts, pair_counts.c.round_id == Round.id)
+        .outerjoin(response_counts, response_counts.c.round_id == Round.id)
+        .where(Round.run_id == run_id)
+        .order_by(Round.index)
+    )
+    return [RoundSummary(*row) for row in session.execute(stmt)]

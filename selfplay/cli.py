@@ -1,0 +1,136 @@
+"""The `selfplay` command line: subcommands map one-to-one to library functions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from selfplay.config import ConfigError, SelfplayConfig, load_config
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+db_app = typer.Typer(no_args_is_help=True, help="Manage and inspect the preference store.")
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_DB = SelfplayConfig().db_url
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help=f"Store URL (default: $SELFPLAY_DB_URL or {DEFAULT_DB})."),
+]
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _config_or_exit(path: Path) -> SelfplayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise _fail(str(e), 2) from None
+
+
+def _db_url(db: str | None) -> str:
+    return db or os.environ.get("SELFPLAY_DB_URL") or DEFAULT_DB
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    rounds: Annotated[
+        int | None, typer.Option("--rounds", min=1, help="Rounds to run (default: run.rounds).")
+    ] = None,
+) -> None:
+    """Run (or resume) the self-improvement loop of a config."""
+    from selfplay.driver import run_loop
+    from selfplay.progress import RichReporter
+
+    cfg = _config_or_exit(config)
+    _quiet_transformers()
+    err.print(f"run [bold]{cfg.run.name}[/]: store {cfg.db_url}", highlight=False)
+    try:
+        summaries = run_loop(cfg, rounds=rounds, reporter=RichReporter(out))
+    except ConfigError as e:
+        raise _fail(str(e), 2) from None
+    final = summaries[-1] if summaries else None
+    if final is not None and final.heldout_accuracy is not None:
+        out.print(
+            f"done: {len(summaries)} rounds, final held-out accuracy {final.heldout_accuracy:.3f}"
+        )
+
+
+@app.command()
+def status(
+    db: DbOption = None,
+    run_name: Annotated[str | None, typer.Option("--run", help="Run name (default: all).")] = None,
+) -> None:
+    """Print each run's rounds: stage, pairs, held-out accuracy, wall time."""
+    from sqlalchemy import inspect, select
+    from sqlalchemy.orm import Session
+
+    from db import queries
+    from db.engine import make_engine
+    from db.models import Run
+
+    engine = make_engine(_db_url(db))
+    if not inspect(engine).has_table("runs"):
+        raise _fail(f"no selfplay store at {_db_url(db)} (run `selfplay run` first)", 1)
+    with engine.connect() as conn, Session(bind=conn) as s:
+        runs = list(s.scalars(select(Run).order_by(Run.id)))
+        if run_name is not None:
+            runs = [r for r in runs if r.name == run_name]
+            if not runs:
+                raise _fail(f"no run named {run_name!r} in {_db_url(db)}", 1)
+        for r in runs:
+            table = Table(title=f"run {r.name}")
+            for col in ("round", "stage", "responses", "pairs", "held-out acc", "wall time"):
+                table.add_column(col, justify="right" if col != "stage" else "left")
+            initial = queries.get_checkpoint(s, r.id, -1)
+            if initial is not None:
+                acc = initial.heldout_accuracy
+                table.add_row("initial", "sft", "", "", _fmt_acc(acc), "")
+            for row in queries.round_summaries(s, r.id):
+                stage = row.status + (f": {row.error.splitlines()[0]}" if row.error else "")
+                table.add_row(
+                    str(row.index),
+                    stage,
+                    str(row.responses),
+                    str(row.pairs),
+                    _fmt_acc(row.heldout_accuracy),
+                    f"{row.wall_time_s:.1f}s",
+                )
+            out.print(table)
+    engine.dispose()
+
+
+def _quiet_transformers() -> None:
+    """Our own progress bars are enough: hide transformers' per-load and per-save bars."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _fmt_acc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOption = None) -> None:
+    """Create or migrate the store's schema to the latest revision."""
+    from db.engine import make_engine
+    from db.migrate import current_revision, upgrade
+
+    engine = make_engine(_db_url(db))
+    upgrade(engine)
+    out.print(f"store {_db_url(db)} at revision {current_revision(engine)}")
+    engine.dispose()

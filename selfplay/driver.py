@@ -1,0 +1,159 @@
+"""The loop driver: prepare the initial policy, then run each round's stages as a state machine.
+
+Reads top to bottom like a recipe. The round's `status` column is the state; every stage
+computes its own missing work, so running the driver again after a crash at any point
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import traceback
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.engine import make_engine, session_factory, transaction
+from db.migrate import upgrade
+from db.models import Checkpoint, Round, RoundStatus, Run
+from selfplay.config import ConfigError, SelfplayConfig
+from selfplay.judges import make_judge
+from selfplay.progress import Reporter, SilentReporter
+from selfplay.sft import prepare_policy
+from selfplay.stages import STAGE_FUNCTIONS, Context, evaluate_checkpoint
+from selfplay.tasks import make_task
+
+# Fields that may change between invocations of the same run without changing its data.
+_RESUMABLE_FIELDS = {("run", "rounds"), ("store", "url"), ("model", "cache_dir")}
+
+
+def _comparable(config: dict) -> dict:
+    return {
+        (section, key): value
+        for section, values in config.items()
+        for key, value in values.items()
+        if (section, key) not in _RESUMABLE_FIELDS
+    }
+
+
+def ensure_run(sessions: sessionmaker[Session], cfg: SelfplayConfig) -> int:
+    """Create the run row, or check that an existing one was started with the same config."""
+    resolved = cfg.model_dump(mode="json")
+    with transaction(sessions) as s:
+        queries.insert_ignore(s, Run, [dict(name=cfg.run.name, config=resolved)])
+        run = queries.get_run(s, cfg.run.name)
+        stored, wanted = _comparable(run.config), _comparable(resolved)
+        changed = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+        if changed:
+            fields = ", ".join(".".join(k) for k in changed)
+            raise ConfigError(
+                f"run {cfg.run.name!r} already exists in the store with a different config "
+                f"({fields}); resume it with its original config or choose a new run.name"
+            )
+        return run.id
+
+
+def ensure_initial_checkpoint(ctx: Context) -> int:
+    """Build (or reuse) the round-0 policy and record it as checkpoint -1."""
+    cfg = ctx.cfg
+    with ctx.reporter.bar("SFT of the initial policy", cfg.model.sft.steps) as advance:
+        path = prepare_policy(
+            cfg.model, ctx.task, cfg.run.seed, progress=lambda step, total, loss: advance(1)
+        )
+    with transaction(ctx.sessions) as s:
+        queries.insert_ignore(
+            s, Checkpoint, [dict(run_id=ctx.run_id, round_index=-1, path=str(path))]
+        )
+        return queries.get_checkpoint(s, ctx.run_id, -1).id
+
+
+def ensure_round(ctx: Context, index: int) -> int:
+    """Create round `index` with the previous round's output as its policy."""
+    with transaction(ctx.sessions) as s:
+        policy = queries.get_checkpoint(s, ctx.run_id, index - 1)
+        if policy is None:
+            raise RuntimeError(f"round {index} cannot start: round {index - 1} has no checkpoint")
+        queries.insert_ignore(
+            s, Round, [dict(run_id=ctx.run_id, index=index, policy_checkpoint_id=policy.id)]
+        )
+        return queries.get_round(s, ctx.run_id, index).id
+
+
+def _set_status(ctx: Context, round_id: int, status: str, error: str | None = None) -> None:
+    with transaction(ctx.sessions) as s:
+        rnd = s.get(Round, round_id)
+        rnd.status, rnd.error = status, error
+        if status == RoundStatus.DONE:
+            rnd.finished_at = dt.datetime.now(dt.UTC)
+
+
+def _add_wall_time(ctx: Context, round_id: int, seconds: float) -> None:
+    with transaction(ctx.sessions) as s:
+        s.get(Round, round_id).wall_time_s += seconds
+
+
+def run_round(ctx: Context, round_id: int) -> None:
+    """Run a round's remaining stages in order; a failure is stored on the round and re-raised."""
+    with ctx.sessions() as s:
+        status = s.get(Round, round_id).status
+    # A failed round re-enters at the first stage: finished stages find no missing work.
+    first = (
+        1
+        if status in (RoundStatus.PENDING, RoundStatus.FAILED)
+        else RoundStatus.ORDER.index(status)
+    )
+    for stage in RoundStatus.ORDER[first:-1]:
+        _set_status(ctx, round_id, stage)
+        start = time.perf_counter()
+        try:
+            STAGE_FUNCTIONS[stage](ctx, round_id)
+        except BaseException as err:
+            detail = "".join(traceback.format_exception(err))
+            _add_wall_time(ctx, round_id, time.perf_counter() - start)
+            _set_status(ctx, round_id, RoundStatus.FAILED, f"{stage}: {detail}")
+            raise
+        _add_wall_time(ctx, round_id, time.perf_counter() - start)
+    _set_status(ctx, round_id, RoundStatus.DONE)
+
+
+def run_loop(
+    cfg: SelfplayConfig, rounds: int | None = None, reporter: Reporter | None = None
+) -> list[queries.RoundSummary]:
+    """Run (or resume) the configured loop for `rounds` rounds (default: cfg.run.rounds)."""
+    reporter = reporter or SilentReporter()
+    engine = make_engine(cfg.db_url)
+    upgrade(engine)
+    sessions = session_factory(engine)
+    task = make_task(cfg.task, cfg.run.seed)
+    ctx = Context(
+        cfg=cfg,
+        sessions=sessions,
+        run_id=ensure_run(sessions, cfg),
+        task=task,
+        judge=make_judge(cfg.judge, task),
+        reporter=reporter,
+    )
+    initial = ensure_initial_checkpoint(ctx)
+    accuracy = evaluate_checkpoint(ctx, initial, -1)
+    reporter.line(f"initial policy: held-out accuracy {accuracy:.3f}")
+    for index in range(rounds or cfg.run.rounds):
+        round_id = ensure_round(ctx, index)
+        with sessions() as s:
+            already_done = s.get(Round, round_id).status == RoundStatus.DONE
+        if not already_done:
+            run_round(ctx, round_id)
+        summary = next(r for r in queries_summaries(sessions, ctx.run_id) if r.index == index)
+        reporter.line(
+            f"round {index}: {summary.pairs} pairs, held-out accuracy "
+            f"{summary.heldout_accuracy:.3f}, {summary.wall_time_s:.1f}s"
+            + (" (already done)" if already_done else "")
+        )
+    engine.dispose()
+    return queries_summaries(sessions, ctx.run_id)
+
+
+def queries_summaries(sessions: sessionmaker[Session], run_id: int) -> list[queries.RoundSummary]:
+    """The round summaries of a run."""
+    with sessions() as s:
+        return queries.round_summaries(s, run_id)

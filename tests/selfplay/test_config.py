@@ -1,0 +1,63 @@
+"""Config loading: every shipped YAML loads; bad configs name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from selfplay.config import ConfigError, SelfplayConfig, load_config, parse_config
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads(path):
+    assert isinstance(load_config(path), SelfplayConfig)
+
+
+@pytest.mark.parametrize(
+    "data,field,message",
+    [
+        ({"training": {"beta": 0}}, "training.beta", "greater than 0"),
+        ({"training": {"beta": -1.0}}, "training.beta", "greater than 0"),
+        ({"training": {"bta": 0.1}}, "training.bta", "unknown key"),
+        ({"trainig": {}}, "trainig", "unknown key"),
+        ({"training": {"loss": "dpoo"}}, "training.loss", "'dpo' or 'rft'"),
+        (
+            {"generation": {"samples_per_prompt": "many"}},
+            "generation.samples_per_prompt",
+            "integer",
+        ),
+        ({"generation": {"top_p": 1.5}}, "generation.top_p", "less than or equal to 1"),
+        ({"task": {"name": "jsonl"}}, "task", "task.path is required"),
+        ({"model": {"tiny": {"hidden_size": 10, "num_heads": 3}}}, "model.tiny", "divisible"),
+    ],
+)
+def test_bad_config_names_the_field(data, field, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "x.yaml")
+    text = str(err.value)
+    assert "x.yaml" in text and f"  {field}:" in text and message in text
+
+
+def test_yaml_errors_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML in .*bad.yaml"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "absent.yaml")
+    top = tmp_path / "list.yaml"
+    top.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(top)
+
+
+def test_environment_overrides_urls(monkeypatch, tmp_path):
+    monkeypatch.setenv("SELFPLAY_DB_URL", "postgresql+psycopg://u@h/db")
+    cfg = parse_config({"store": {"url": "sqlite:///other.db"}})
+    assert cfg.db_url == "postgresql+psycopg://u@h/db"
+    monkeypatch.delenv("SELFPLAY_DB_URL")
+    cfg = parse_config({"run": {"output_dir": str(tmp_path)}})
+    assert cfg.db_url == f"sqlite:///{tmp_path / 'selfplay.db'}"

@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from selfplay.training.logprobs import build_batch, score_responses, sequence_logprobs
+
+PAD = 0
+PROMPTS = [[1, 5, 6, 7, 8, 9], [1, 3], [1, 4, 4, 11]]
+RESPONSES = [[12, 2], [13, 14, 15, 16, 2], [17]]
+
+
+def hand_logprob(model, prompt: list[int], response: list[int]) -> float:
+    """Sum of log p(y_t | x, y_<t), one unpadded sequence, one token at a time."""
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].double()
+    total = 0.0
+    for t in range(len(prompt), len(prompt) + len(response)):
+        total += torch.log_softmax(logits[t - 1], dim=-1)[ids[0, t]].item()
+    return total
+
+
+def test_build_batch_left_pads_and_marks_responses():
+    ids, attn, resp = build_batch([[1, 5], [1]], [[6, 2], [7]], PAD)
+    assert ids.tolist() == [[1, 5, 6, 2], [PAD, PAD, 1, 7]]
+    assert attn.tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]
+    assert resp.tolist() == [[False, False, True, True], [False, False, False, True]]
+
+
+@pytest.mark.parametrize(
+    ("prompts", "responses"),
+    [([[1]], [[2], [3]]), ([], []), ([[1], []], [[2], [3]])],
+)
+def test_build_batch_rejects_bad_input(prompts, responses):
+    with pytest.raises(ValueError):
+        build_batch(prompts, responses, PAD)
+
+
+def test_sequence_logprobs_matches_hand_loop(tiny_llama):
+    model = tiny_llama()
+    ids, attn, resp = build_batch(PROMPTS, RESPONSES, PAD)
+    with torch.no_grad():
+        got = sequence_logprobs(model, ids, attn, resp)
+    assert got.dtype == torch.float32
+    want = [hand_logprob(model, p, r) for p, r in zip(PROMPTS, RESPONSES, strict=True)]
+    torch.testing.assert_close(got, torch.tensor(want), atol=1e-5, rtol=0)
+
+
+def test_padding_does_not_change_scores(tiny_llama):
+    model = tiny_llama()
+    with torch.no_grad():
+        batched = sequence_logprobs(model, *build_batch(PROMPTS, RESPONSES, PAD))
+        for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES, strict=True)):
+            alone = sequence_logprobs(model, *build_batch([p], [r], PAD))
+            torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-5, rtol=0)
+
+
+def test_right_padding_gives_the_same_scores(tiny_llama):
+    model = tiny_llama()
+    ids, attn, resp = build_batch(PROMPTS, RESPONSES, PAD)
+    # Roll each row's padding from the left edge to the right edge.
+    shifts = [-int((a == 0).sum()) for a in attn]
+    right = [torch.stack([x[i].roll(s) for i, s in enumerate(shifts)]) for x in (ids, attn, resp)]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            sequence_logprobs(model, *right),
+            sequence_logprobs(model, ids, attn, resp),
+            atol=1e-5,
+            rtol=0,
+        )
+
+
+def test_sequence_logprobs_carries_grad(tiny_llama):
+    model = tiny_llama()
+    sequence_logprobs(model, *build_batch(PROMPTS, RESPONSES, PAD)).sum().backward()
+    assert model.lm_head.weight.grad is not None
+    assert torch.isfinite(model.lm_head.weight.grad).all()
+
+
+def test_score_responses_batches_in_eval_mode(tiny_llama):
+    model = tiny_llama(attention_dropout=0.5)
+    want = [hand_logprob(model, p, r) for p, r in zip(PROMPTS, RESPONSES, strict=True)]
+    model.train()
+    assert hand_logprob(model, PROMPTS[0], RESPONSES[0]) != pytest.approx(want[0])  # dropout on
+    scores = score_responses(model, PROMPTS, RESPONSES, PAD, batch_size=2)
+    assert scores == pytest.approx(want, abs=1e-5)
+    assert model.training  # the caller's mode is restored

@@ -1,0 +1,154 @@
+import pytest
+import torch
+
+from selfplay.config import TrainingConfig
+from selfplay.training.logprobs import score_responses
+from selfplay.training.trainer import PairExample, train_on_pairs
+
+PAD = 0
+# Synthetic preference: after any prompt, answer "5 6 EOS" rather than "7 EOS" / "8 9 10 EOS".
+PROMPTS = [[1, 3, 4], [1, 11, 12, 13], [1, 14], [1, 15, 16], [1, 17, 18, 19, 3], [1, 4, 4]]
+CHOSEN = [5, 6, 2]
+REJECTED = [[7, 2], [8, 9, 10, 2]]
+
+
+def make_pairs(model) -> list[PairExample]:
+    rejected = [REJECTED[i % 2] for i in range(len(PROMPTS))]
+    ref_c = score_responses(model, PROMPTS, [CHOSEN] * len(PROMPTS), PAD, batch_size=4)
+    ref_r = score_responses(model, PROMPTS, rejected, PAD, batch_size=4)
+    return [
+        PairExample(p, CHOSEN, r, c, rr)
+        for p, r, c, rr in zip(PROMPTS, rejected, ref_c, ref_r, strict=True)
+    ]
+
+
+def log_ratio_margins(model, pairs: list[PairExample]) -> torch.Tensor:
+    """h = ℓ(y_w) − ℓ(y_l) of each pair under the model."""
+    prompts = [p.prompt_ids for p in pairs]
+    c = score_responses(model, prompts, [p.chosen_ids for p in pairs], PAD, batch_size=8)
+    r = score_responses(model, prompts, [p.rejected_ids for p in pairs], PAD, batch_size=8)
+    return torch.tensor(
+        [
+            (c_ - p.ref_chosen_logp) - (r_ - p.ref_rejected_logp)
+            for p, c_, r_ in zip(pairs, c, r, strict=True)
+        ]
+    )
+
+
+def config(**overrides) -> TrainingConfig:
+    return TrainingConfig(
+        **{"lr": 1e-2, "batch_size": 4, "max_steps": 30, "epochs": 20, **overrides}
+    )
+
+
+def test_dpo_widens_the_margin_until_every_pair_is_ranked_right(tiny_llama):
+    model = tiny_llama()
+    pairs = make_pairs(model)
+    torch.testing.assert_close(log_ratio_margins(model, pairs), torch.zeros(len(pairs)))
+    history = []
+    summary = train_on_pairs(
+        model, pairs, config(), PAD, seed=0, on_step=lambda s, m: history.append(m)
+    )
+    margins = log_ratio_margins(model, pairs)
+    assert (margins > 0).all()
+    assert history[-1]["preference_accuracy"] == 1.0
+    assert history[-1]["reward_margin"] > history[0]["reward_margin"]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert set(history[0]) == {
+        "loss",
+        "reward_margin",
+        "preference_accuracy",
+        "chosen_logp",
+        "rejected_logp",
+        "grad_norm",
+        "lr",
+    }
+    assert history[0]["lr"] == 1e-2
+    assert summary["steps"] == 30
+    assert summary["loss"] == pytest.approx(sum(m["loss"] for m in history) / 30)
+    assert not model.training
+
+
+def test_same_seed_same_parameters(tiny_llama):
+    def run(seed: int) -> list[torch.Tensor]:
+        model = tiny_llama(seed=0)
+        train_on_pairs(model, make_pairs(model), config(max_steps=5), PAD, seed=seed)
+        return [p.detach().clone() for p in model.parameters()]
+
+    a, b, c = run(seed=1), run(seed=1), run(seed=2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))  # the shuffle matters
+
+
+def test_max_steps_caps_epochs(tiny_llama):
+    model = tiny_llama()
+    pairs = make_pairs(model)  # 6 pairs, batch 4: 2 steps per epoch
+    steps = []
+    summary = train_on_pairs(
+        model,
+        pairs,
+        config(max_steps=3, epochs=5),
+        PAD,
+        seed=0,
+        on_step=lambda s, m: steps.append(s),
+    )
+    assert steps == [1, 2, 3]
+    assert summary["steps"] == 3
+    steps.clear()
+    train_on_pairs(
+        model,
+        pairs,
+        config(max_steps=50, epochs=2),
+        PAD,
+        seed=0,
+        on_step=lambda s, m: steps.append(s),
+    )
+    assert steps == [1, 2, 3, 4]
+
+
+def test_rft_raises_chosen_logp(tiny_llama):
+    model = tiny_llama()
+    pairs = make_pairs(model)
+    before = torch.tensor([p.ref_chosen_logp for p in pairs])
+    history = []
+    train_on_pairs(
+        model,
+        pairs,
+        config(loss="rft", max_steps=10),
+        PAD,
+        seed=0,
+        on_step=lambda s, m: history.append(m),
+    )
+    after = torch.tensor(score_responses(model, PROMPTS, [CHOSEN] * len(PROMPTS), PAD, 8))
+    assert (after > before).all()
+    assert history[-1]["chosen_logp"] > history[0]["chosen_logp"]
+
+
+def test_nll_weight_adds_to_the_loss(tiny_llama):
+    model = tiny_llama()
+    pairs = make_pairs(model)
+    plain, weighted = [], []
+    train_on_pairs(
+        model, pairs, config(max_steps=1), PAD, seed=0, on_step=lambda s, m: plain.append(m)
+    )
+    model = tiny_llama()
+    train_on_pairs(
+        model,
+        pairs,
+        config(max_steps=1, nll_weight=0.5),
+        PAD,
+        seed=0,
+        on_step=lambda s, m: weighted.append(m),
+    )
+    # At step 1 the policy is the reference: DPO loss = log 2, and α·NLL = 0.5·(-mean S(y_w)/3).
+    assert plain[0]["loss"] == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-6)
+    nll = -plain[0]["chosen_logp"] / len(CHOSEN)
+    assert weighted[0]["loss"] == pytest.approx(plain[0]["loss"] + 0.5 * nll, abs=1e-5)
+
+
+def test_no_pairs_leaves_the_model_alone(tiny_llama):
+    model = tiny_llama().train()
+    before = [p.detach().clone() for p in model.parameters()]
+    assert train_on_pairs(model, [], config(), PAD, seed=0) == {}
+    assert model.training
+    assert all(torch.equal(x, p) for x, p in zip(before, model.parameters(), strict=True))

@@ -1,0 +1,1 @@
+"""The Celery application (distributed executor). The embedded executor does not import it."""
