@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from selfplay.config import ConfigError, SelfplayConfig, load_config
+from selfplay.progress import RichReporter, format_accuracy
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Manage and inspect the preference store.")
@@ -52,7 +53,6 @@ def run(
 ) -> None:
     """Run (or resume) the self-improvement loop of a config."""
     from selfplay.driver import run_loop
-    from selfplay.progress import RichReporter
 
     cfg = _config_or_exit(config)
     _quiet_transformers()
@@ -97,7 +97,7 @@ def status(
             initial = queries.get_checkpoint(s, r.id, -1)
             if initial is not None:
                 acc = initial.heldout_accuracy
-                table.add_row("initial", "sft", "", "", _fmt_acc(acc), "")
+                table.add_row("initial", "sft", "", "", format_accuracy(acc), "")
             for row in queries.round_summaries(s, r.id):
                 stage = row.status + (f": {row.error.splitlines()[0]}" if row.error else "")
                 table.add_row(
@@ -105,7 +105,7 @@ def status(
                     stage,
                     str(row.responses),
                     str(row.pairs),
-                    _fmt_acc(row.heldout_accuracy),
+                    format_accuracy(row.heldout_accuracy),
                     f"{row.wall_time_s:.1f}s",
                 )
             out.print(table)
@@ -118,10 +118,6 @@ def _quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-
-
-def _fmt_acc(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 @db_app.command("upgrade")

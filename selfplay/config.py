@@ -112,6 +112,9 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(32, ge=1, description="Pairs per optimizer step.")
     max_steps: int = Field(300, ge=1, description="At most this many steps per round.")
     epochs: int = Field(1, ge=1, description="Passes over the round's pairs (capped by max_steps).")
+    warmup_steps: int = Field(
+        0, ge=0, description="Linear learning-rate warmup at each round's start."
+    )
     grad_clip: float = Field(1.0, gt=0, description="Max gradient norm.")
 
 

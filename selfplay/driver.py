@@ -19,7 +19,7 @@ from db.migrate import upgrade
 from db.models import Checkpoint, Round, RoundStatus, Run
 from selfplay.config import ConfigError, SelfplayConfig
 from selfplay.judges import make_judge
-from selfplay.progress import Reporter, SilentReporter
+from selfplay.progress import Reporter, SilentReporter, format_accuracy
 from selfplay.sft import prepare_policy
 from selfplay.stages import STAGE_FUNCTIONS, Context, evaluate_checkpoint
 from selfplay.tasks import make_task
@@ -136,7 +136,7 @@ def run_loop(
     )
     initial = ensure_initial_checkpoint(ctx)
     accuracy = evaluate_checkpoint(ctx, initial, -1)
-    reporter.line(f"initial policy: held-out accuracy {accuracy:.3f}")
+    reporter.line(f"initial policy: held-out accuracy {format_accuracy(accuracy)}")
     for index in range(rounds or cfg.run.rounds):
         round_id = ensure_round(ctx, index)
         with sessions() as s:
@@ -146,7 +146,7 @@ def run_loop(
         summary = next(r for r in queries_summaries(sessions, ctx.run_id) if r.index == index)
         reporter.line(
             f"round {index}: {summary.pairs} pairs, held-out accuracy "
-            f"{summary.heldout_accuracy:.3f}, {summary.wall_time_s:.1f}s"
+            f"{format_accuracy(summary.heldout_accuracy)}, {summary.wall_time_s:.1f}s"
             + (" (already done)" if already_done else "")
         )
     engine.dispose()

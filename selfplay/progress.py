@@ -64,3 +64,8 @@ class SilentReporter:
 
     def line(self, text: str) -> None:
         """Drop the line."""
+
+
+def format_accuracy(value: float | None) -> str:
+    """An accuracy for people: three decimals, or "n/a" without a held-out set."""
+    return "n/a" if value is None else f"{value:.3f}"

@@ -377,9 +377,14 @@ def train_round(ctx: Context, round_id: int) -> None:
 # -- evaluate -----------------------------------------------------------------------------
 
 
-def heldout_accuracy(ctx: Context, checkpoint_path: str) -> tuple[float, float]:
-    """Greedy accuracy on the task's held-out prompts, and mean response length in tokens."""
+def heldout_accuracy(ctx: Context, checkpoint_path: str) -> tuple[float, float] | None:
+    """Greedy accuracy on the task's held-out prompts and mean response length in tokens.
+
+    None when the task has no held-out prompts (a JSONL file with no `"split": "heldout"` line).
+    """
     prompts = ctx.task.heldout_prompts()
+    if not prompts:
+        return None
     ctx.backend.load(checkpoint_path)
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=ctx.cfg.generation.max_new_tokens)
     correct, tokens = 0, 0
@@ -395,14 +400,17 @@ def heldout_accuracy(ctx: Context, checkpoint_path: str) -> tuple[float, float]:
     return correct / len(prompts), tokens / len(prompts)
 
 
-def evaluate_checkpoint(ctx: Context, checkpoint_id: int, round_index: int) -> float:
+def evaluate_checkpoint(ctx: Context, checkpoint_id: int, round_index: int) -> float | None:
     """Evaluate a checkpoint on the held-out set (once) and store the accuracy on it."""
     with ctx.sessions() as s:
         ckpt = s.get(Checkpoint, checkpoint_id)
         if ckpt.heldout_accuracy is not None:
             return ckpt.heldout_accuracy
         path = ckpt.path
-    accuracy, length = heldout_accuracy(ctx, path)
+    result = heldout_accuracy(ctx, path)
+    if result is None:
+        return None
+    accuracy, length = result
     with transaction(ctx.sessions) as s:
         s.get(Checkpoint, checkpoint_id).heldout_accuracy = accuracy
         values = {"heldout_accuracy": accuracy, "heldout_mean_tokens": length}

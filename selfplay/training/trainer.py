@@ -101,6 +101,10 @@ def train_on_pairs(
     params = LossParams(beta=cfg.beta)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr)
+    # Linear warmup: a fresh AdamW at full lr jolts a converged policy (each round starts one).
+    warmup = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: min(1.0, (i + 1) / (cfg.warmup_steps + 1))
+    )
     totals: dict[str, float] = {}
     step = 0
     # Seed dropout without disturbing the caller's global RNG streams.
@@ -115,9 +119,10 @@ def train_on_pairs(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-                optimizer.step()
-                metrics["grad_norm"] = grad_norm.item()
                 metrics["lr"] = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                warmup.step()
+                metrics["grad_norm"] = grad_norm.item()
                 for k, v in metrics.items():
                     totals[k] = totals.get(k, 0.0) + v
                 if on_step is not None:

@@ -152,3 +152,18 @@ def test_no_pairs_leaves_the_model_alone(tiny_llama):
     assert train_on_pairs(model, [], config(), PAD, seed=0) == {}
     assert model.training
     assert all(torch.equal(x, p) for x, p in zip(before, model.parameters(), strict=True))
+
+
+def test_warmup_ramps_the_learning_rate_linearly(tiny_llama):
+    model = tiny_llama()
+    lrs = []
+    train_on_pairs(
+        model,
+        make_pairs(model),
+        config(lr=1e-2, warmup_steps=4, max_steps=6),
+        PAD,
+        seed=0,
+        on_step=lambda s, m: lrs.append(m["lr"]),
+    )
+    # step i (from 1) uses lr · min(1, i / (warmup + 1))
+    assert lrs == pytest.approx([2e-3, 4e-3, 6e-3, 8e-3, 1e-2, 1e-2])
