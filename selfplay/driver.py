@@ -143,17 +143,16 @@ def run_loop(
             already_done = s.get(Round, round_id).status == RoundStatus.DONE
         if not already_done:
             run_round(ctx, round_id)
-        summary = next(r for r in queries_summaries(sessions, ctx.run_id) if r.index == index)
+        summary = next(r for r in _summaries(sessions, ctx.run_id) if r.index == index)
         reporter.line(
             f"round {index}: {summary.pairs} pairs, held-out accuracy "
             f"{format_accuracy(summary.heldout_accuracy)}, {summary.wall_time_s:.1f}s"
             + (" (already done)" if already_done else "")
         )
     engine.dispose()
-    return queries_summaries(sessions, ctx.run_id)
+    return _summaries(sessions, ctx.run_id)
 
 
-def queries_summaries(sessions: sessionmaker[Session], run_id: int) -> list[queries.RoundSummary]:
-    """The round summaries of a run."""
+def _summaries(sessions: sessionmaker[Session], run_id: int) -> list[queries.RoundSummary]:
     with sessions() as s:
         return queries.round_summaries(s, run_id)
