@@ -194,11 +194,22 @@ class RoundSummary:
     error: str | None
 
 
-def round_summaries(session: Session, run_id: int) -> list[RoundSummary]:
-    """One line of figures per round of a run, in round order."""
-    pair_counts = select(Pair.round_id, func.count().label("n")).group_by(Pair.round_id).subquery()
+def round_summaries(session: Session, run_id: int, index: int | None = None) -> list[RoundSummary]:
+    """One line of figures per round of a run (or only round `index`), in round order."""
+    rounds = select(Round.id).where(Round.run_id == run_id)
+    if index is not None:
+        rounds = rounds.where(Round.index == index)
+    pair_counts = (
+        select(Pair.round_id, func.count().label("n"))
+        .where(Pair.round_id.in_(rounds))
+        .group_by(Pair.round_id)
+        .subquery()
+    )
     response_counts = (
-        select(Response.round_id, func.count().label("n")).group_by(Response.round_id).subquery()
+        select(Response.round_id, func.count().label("n"))
+        .where(Response.round_id.in_(rounds))
+        .group_by(Response.round_id)
+        .subquery()
     )
     stmt = (
         select(
@@ -212,7 +223,7 @@ def round_summaries(session: Session, run_id: int) -> list[RoundSummary]:
         )
         .outerjoin(pair_counts, pair_counts.c.round_id == Round.id)
         .outerjoin(response_counts, response_counts.c.round_id == Round.id)
-        .where(Round.run_id == run_id)
+        .where(Round.id.in_(rounds))
         .order_by(Round.index)
     )
     return [RoundSummary(*row) for row in session.execute(stmt)]

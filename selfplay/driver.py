@@ -143,16 +143,14 @@ def run_loop(
             already_done = s.get(Round, round_id).status == RoundStatus.DONE
         if not already_done:
             run_round(ctx, round_id)
-        summary = next(r for r in _summaries(sessions, ctx.run_id) if r.index == index)
+        with sessions() as s:
+            (summary,) = queries.round_summaries(s, ctx.run_id, index)
         reporter.line(
             f"round {index}: {summary.pairs} pairs, held-out accuracy "
             f"{format_accuracy(summary.heldout_accuracy)}, {summary.wall_time_s:.1f}s"
             + (" (already done)" if already_done else "")
         )
-    engine.dispose()
-    return _summaries(sessions, ctx.run_id)
-
-
-def _summaries(sessions: sessionmaker[Session], run_id: int) -> list[queries.RoundSummary]:
     with sessions() as s:
-        return queries.round_summaries(s, run_id)
+        summaries = queries.round_summaries(s, ctx.run_id)
+    engine.dispose()
+    return summaries

@@ -197,3 +197,5 @@ def test_training_pairs_and_logprobs(engine):
         assert queries.logprobs_for(s, ids["ckpt"], [r[0].id, r[2].id]) == {r[0].id: -3.5}
         (summary,) = queries.round_summaries(s, ids["run"])
         assert (summary.pairs, summary.responses, summary.status) == (1, 3, "pending")
+        assert queries.round_summaries(s, ids["run"], index=0) == [summary]
+        assert queries.round_summaries(s, ids["run"], index=1) == []
