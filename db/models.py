@@ -169,6 +169,9 @@ class Pair(Base):
     margin: Mapped[float] = mapped_column(Float, index=True)
     weight: Mapped[float] = mapped_column(Float, default=1.0)
     builder: Mapped[str] = mapped_column(String(50))
+    # SPPO's win-probability targets P̂ of each response (null for other builders).
+    chosen_target: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rejected_target: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 

@@ -56,16 +56,34 @@ def get_checkpoint(session: Session, run_id: int, round_index: int) -> Checkpoin
     )
 
 
+def best_checkpoint(session: Session, run_id: int, before: int | None = None) -> Checkpoint | None:
+    """The run's checkpoint with the highest held-out accuracy (the earliest among equals),
+    optionally only among rounds before `before`; None when none has been evaluated."""
+    stmt = select(Checkpoint).where(
+        Checkpoint.run_id == run_id, Checkpoint.heldout_accuracy.is_not(None)
+    )
+    if before is not None:
+        stmt = stmt.where(Checkpoint.round_index < before)
+    stmt = stmt.order_by(Checkpoint.heldout_accuracy.desc(), Checkpoint.round_index).limit(1)
+    return session.scalar(stmt)
+
+
 def get_round(session: Session, run_id: int, index: int) -> Round | None:
     """Round `index` of a run, if created."""
     return session.scalar(select(Round).where(Round.run_id == run_id, Round.index == index))
 
 
-def prompts_missing_responses(session: Session, round_id: int, k: int) -> list[Prompt]:
-    """Prompts of a round that have fewer than `k` responses, in index order."""
+def prompts_missing_responses(
+    session: Session, round_id: int, k: int, first: int = 0
+) -> list[Prompt]:
+    """Prompts of a round with fewer than `k` responses of sample index first … first+k−1."""
     counts = (
         select(Response.prompt_id, func.count().label("n"))
-        .where(Response.round_id == round_id)
+        .where(
+            Response.round_id == round_id,
+            Response.sample_index >= first,
+            Response.sample_index < first + k,
+        )
         .group_by(Response.prompt_id)
         .subquery()
     )
@@ -100,15 +118,30 @@ class ScoredResponse:
     prompt_id: int
     score: float
     num_tokens: int
+    sample_index: int = 0
+    text: str = ""
 
 
 def scored_responses(session: Session, round_id: int, judge: str) -> list[ScoredResponse]:
     """Successful judgments of a round's responses (mean over repeats), in response order."""
     stmt = (
-        select(Response.id, Response.prompt_id, func.avg(Judgment.score), Response.num_tokens)
+        select(
+            Response.id,
+            Response.prompt_id,
+            func.avg(Judgment.score),
+            Response.num_tokens,
+            Response.sample_index,
+            Response.text,
+        )
         .join(Judgment, Judgment.response_id == Response.id)
         .where(Response.round_id == round_id, Judgment.judge == judge, Judgment.status == "ok")
-        .group_by(Response.id, Response.prompt_id, Response.num_tokens)
+        .group_by(
+            Response.id,
+            Response.prompt_id,
+            Response.num_tokens,
+            Response.sample_index,
+            Response.text,
+        )
         .order_by(Response.id)
     )
     return [ScoredResponse(*row) for row in session.execute(stmt)]
@@ -122,13 +155,34 @@ class TrainingPair:
     chosen_token_ids: list[int]
     rejected_id: int
     rejected_token_ids: list[int]
+    chosen_sample_index: int = 0
+    rejected_sample_index: int = 0
+    chosen_target: float | None = None
+    rejected_target: float | None = None
+
+
+def pair_ids(session: Session, round_id: int) -> list[int]:
+    """Ids of the pairs a round's own builder made (replayed copies excluded)."""
+    stmt = select(Pair.id).where(Pair.round_id == round_id, ~Pair.builder.startswith("replay"))
+    return list(session.scalars(stmt.order_by(Pair.id)))
 
 
 def training_pairs(session: Session, round_id: int) -> list[TrainingPair]:
     """A round's pairs with the prompt text and both responses' token ids, in pair order."""
     chosen, rejected = aliased(Response), aliased(Response)
     stmt = (
-        select(Pair.id, Prompt.text, chosen.id, chosen.token_ids, rejected.id, rejected.token_ids)
+        select(
+            Pair.id,
+            Prompt.text,
+            chosen.id,
+            chosen.token_ids,
+            rejected.id,
+            rejected.token_ids,
+            chosen.sample_index,
+            rejected.sample_index,
+            Pair.chosen_target,
+            Pair.rejected_target,
+        )
         .join(Prompt, Prompt.id == Pair.prompt_id)
         .join(chosen, chosen.id == Pair.chosen_id)
         .join(rejected, rejected.id == Pair.rejected_id)

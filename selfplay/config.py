@@ -90,20 +90,89 @@ class GenerationConfig(_Strict):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(8, ge=1, description="Generation length limit.")
     prompts_per_batch: int = Field(256, ge=1, description="Prompts per generation chunk.")
+    reference_samples: int = Field(
+        0,
+        ge=0,
+        description="Extra samples per prompt from the fixed reference (SFT) model, stored with "
+        "sample indices after the K policy samples (XPO pairs a policy sample with one).",
+    )
 
 
 class JudgeConfig(_Strict):
     name: Literal["verifier"] = Field("verifier", description="Judge that labels responses.")
+    repeats: int = Field(
+        1, ge=1, description="Judgments per response (averaged; Self-Rewarding uses 3)."
+    )
+    flip_rate: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Label-noise experiments: flip this fraction of 0/1 verdicts (seeded).",
+    )
+
+
+PairBuilderName = Literal["max_min", "max_random", "self_rewarding", "dno", "inpo", "sppo", "xpo"]
 
 
 class PairingConfig(_Strict):
-    builder: Literal["max_min"] = Field("max_min", description="Pair builder.")
+    builder: PairBuilderName = Field("max_min", description="Pair builder (selfplay.pairing).")
     max_pairs_per_prompt: int = Field(2, ge=1, description="At most this many pairs per prompt.")
+    length_penalty: float = Field(
+        0.0, ge=0, description="λ of the length-penalised selection score r − λ·tokens."
+    )
+    bt_temperature: float = Field(
+        1.0, gt=0, description="T of the Bradley–Terry win probability σ((s_i − s_j)/T)."
+    )
+    dno_margin: float = Field(0.25, ge=0, le=1, description="DNO: minimum win-rate gap.")
+    dno_min_positive_score: float | None = Field(
+        None, description="DNO: a positive must score at least this; None: no threshold."
+    )
+    degenerate_ngram: int = Field(
+        0, ge=0, description="DNO: a response repeating an n-gram this long is a negative; 0: off."
+    )
+    replay: list[float] = Field(
+        default_factory=list,
+        description="DNO replay: fractions of the round's pair count drawn from rounds t−1, "
+        "t−2, … (paper: [0.3, 0.15]).",
+    )
+
+    @model_validator(mode="after")
+    def _replay_fractions(self) -> PairingConfig:
+        if any(not 0 <= f <= 1 for f in self.replay):
+            raise ValueError("pairing.replay: every fraction must be in [0, 1]")
+        return self
+
+
+LossName = Literal[
+    "dpo", "cdpo", "rdpo", "ipo", "simpo", "chipo", "dno", "inpo", "sppo", "xpo", "rft"
+]
+
+
+class LoraConfig(_Strict):
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling α.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names that get adapters.",
+    )
 
 
 class TrainingConfig(_Strict):
-    loss: Literal["dpo", "rft"] = Field("dpo", description="Objective.")
-    beta: float = Field(0.1, gt=0, description="DPO inverse temperature β.")
+    loss: LossName = Field("dpo", description="Objective (selfplay.training.losses.LOSSES).")
+    beta: float = Field(0.1, gt=0, description="β of dpo/cdpo/rdpo/simpo/chipo/xpo, η of dno.")
+    epsilon: float = Field(0.1, ge=0, description="cdpo/rdpo label-flip rate ε, < 0.5.")
+    ipo_tau: float = Field(0.1, gt=0, description="IPO τ.")
+    simpo_gamma_ratio: float = Field(0.5, ge=0, description="SimPO γ/β.")
+    chipo_r: float | None = Field(
+        None, gt=0, description="χPO clip R (margin clipped to [−2R, 2R]); required for chipo."
+    )
+    inpo_eta: float = Field(0.005, gt=0, description="INPO η.")
+    inpo_tau: float | None = Field(
+        None, ge=0, description="INPO τ (KL weight), ≤ η; None: η/3. 0: the no-KL ablation."
+    )
+    sppo_eta: float = Field(1000.0, gt=0, description="SPPO η (= 1/β).")
+    xpo_alpha: float = Field(1e-5, ge=0, description="XPO exploration bonus α.")
     nll_weight: float = Field(0.0, ge=0, description="α of the NLL-on-chosen term.")
     reference: Literal["previous", "sft"] = Field(
         "previous", description="Reference policy: the round's starting policy or the SFT model."
@@ -116,6 +185,56 @@ class TrainingConfig(_Strict):
         0, ge=0, description="Linear learning-rate warmup at each round's start."
     )
     grad_clip: float = Field(1.0, gt=0, description="Max gradient norm.")
+    grad_accum_steps: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step (batch_size pairs each)."
+    )
+    optimizer: Literal["adamw", "rmsprop"] = Field("adamw", description="Optimizer.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (AdamW).")
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="Learning rate after warmup: constant or cosine decay to 0."
+    )
+    bf16: bool = Field(
+        True, description="bf16 autocast when training on a GPU (ignored on CPU: float32)."
+    )
+    lora: LoraConfig | None = Field(None, description="Train LoRA adapters (peft) instead.")
+
+    @model_validator(mode="after")
+    def _loss_params(self) -> TrainingConfig:
+        if self.loss in ("cdpo", "rdpo") and self.epsilon >= 0.5:
+            raise ValueError(
+                f"training.epsilon must be < 0.5 for {self.loss} "
+                "(rdpo divides by 1 − 2ε; ε ≥ 0.5 means the labels are mostly wrong)"
+            )
+        if self.loss == "chipo" and self.chipo_r is None:
+            raise ValueError("training.chipo_r (the clip R of χPO) is required when loss is chipo")
+        if self.loss == "inpo" and self.inpo_tau is not None and self.inpo_tau > self.inpo_eta:
+            raise ValueError("training.inpo_tau must be <= training.inpo_eta")
+        fixed = {"dno": "previous", "sppo": "previous", "inpo": "sft", "xpo": "sft"}
+        if self.loss in fixed and self.reference != fixed[self.loss]:
+            raise ValueError(
+                f"training.reference must be '{fixed[self.loss]}' for loss {self.loss} "
+                f"(the algorithm defines its reference)"
+            )
+        return self
+
+
+class GuardsConfig(_Strict):
+    heldout_samples: bool = Field(
+        True,
+        description="After each round, sample once per held-out prompt from the new policy to "
+        "estimate KL(π_t ‖ π_sft) and the proxy (training judge) vs gold (verifier) gap.",
+    )
+    patience: int | None = Field(
+        None, ge=1, description="Rounds without a new best held-out accuracy before on_plateau."
+    )
+    on_plateau: Literal["rollback", "stop"] = Field(
+        "rollback", description="rollback: the next round starts from the best checkpoint."
+    )
+    keep_last: int | None = Field(
+        None,
+        ge=1,
+        description="Delete checkpoint files except the SFT model, the best and the last N.",
+    )
 
 
 class EvaluationConfig(_Strict):
@@ -132,11 +251,107 @@ class SelfplayConfig(_Strict):
     pairing: PairingConfig = Field(default_factory=PairingConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    guards: GuardsConfig = Field(default_factory=GuardsConfig)
+    algorithm: AlgorithmName | None = Field(
+        None,
+        description="A round procedure preset (ALGORITHM_PRESETS): fills the loss, pair builder, "
+        "reference and paper hyper-parameters that the config does not set itself.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("algorithm") in ALGORITHM_PRESETS:
+            data = _merge_defaults(data, ALGORITHM_PRESETS[data["algorithm"]])
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SelfplayConfig:
+        loss, builder = self.training.loss, self.pairing.builder
+        needs = {"sppo": "sppo", "xpo": "xpo"}
+        if loss in needs and builder != needs[loss]:
+            raise ValueError(f"pairing.builder must be '{needs[loss]}' for loss {loss}")
+        if builder == "sppo" and loss != "sppo":
+            raise ValueError("pairing.builder 'sppo' makes win-probability targets: use loss sppo")
+        if builder == "xpo" and self.generation.reference_samples < 1:
+            raise ValueError(
+                "generation.reference_samples must be >= 1 for the xpo builder "
+                "(it pairs policy samples with reference samples)"
+            )
+        return self
 
     @property
     def db_url(self) -> str:
         """The store URL: configured, or an SQLite file in the run's output directory."""
         return self.store.url or f"sqlite:///{self.run.output_dir / 'selfplay.db'}"
+
+
+AlgorithmName = Literal[
+    "dpo",
+    "dpo+nll",
+    "iterative_dpo",
+    "cdpo",
+    "rdpo",
+    "ipo",
+    "simpo",
+    "chipo",
+    "rft",
+    "dno",
+    "inpo",
+    "sppo",
+    "xpo",
+    "self_rewarding",
+]
+
+# Round procedures (ALGORITHMS.md): the loss, its reference, the pair builder and the paper's
+# hyper-parameters. A config value always wins over the preset's.
+ALGORITHM_PRESETS: dict[str, dict] = {
+    "dpo": {"training": {"loss": "dpo"}},
+    "dpo+nll": {"training": {"loss": "dpo", "nll_weight": 1.0}},
+    "iterative_dpo": {
+        "training": {"loss": "dpo", "reference": "previous"},
+        "pairing": {"builder": "max_min", "max_pairs_per_prompt": 1},
+    },
+    "cdpo": {"training": {"loss": "cdpo", "epsilon": 0.1}},
+    "rdpo": {"training": {"loss": "rdpo", "epsilon": 0.1}},
+    "ipo": {"training": {"loss": "ipo", "ipo_tau": 0.1}},
+    "simpo": {"training": {"loss": "simpo", "beta": 2.0, "simpo_gamma_ratio": 0.5}},
+    "chipo": {"training": {"loss": "chipo", "beta": 0.05, "chipo_r": 10.0}},
+    "rft": {"training": {"loss": "rft"}},
+    "dno": {
+        "training": {"loss": "dno", "beta": 0.1, "reference": "previous"},
+        "pairing": {"builder": "dno", "dno_margin": 0.25},
+    },
+    "inpo": {
+        "training": {"loss": "inpo", "inpo_eta": 0.005, "reference": "sft"},
+        "pairing": {"builder": "inpo", "max_pairs_per_prompt": 1},
+    },
+    "sppo": {
+        "training": {"loss": "sppo", "sppo_eta": 1000.0, "reference": "previous"},
+        "pairing": {"builder": "sppo", "max_pairs_per_prompt": 1},
+    },
+    "xpo": {
+        "training": {"loss": "xpo", "beta": 0.1, "xpo_alpha": 1e-5, "reference": "sft"},
+        "pairing": {"builder": "xpo"},
+        "generation": {"reference_samples": 4, "samples_per_prompt": 4},
+    },
+    "self_rewarding": {
+        "training": {"loss": "dpo", "beta": 0.1, "reference": "previous"},
+        "pairing": {"builder": "self_rewarding", "max_pairs_per_prompt": 1},
+        "judge": {"repeats": 3},
+    },
+}
+
+
+def _merge_defaults(data: dict, defaults: dict) -> dict:
+    """`data` with `defaults` filled in wherever data does not set the key (nested dicts)."""
+    out = dict(data)
+    for key, value in defaults.items():
+        if isinstance(value, dict) and isinstance(out.get(key, {}), dict):
+            out[key] = _merge_defaults(out.get(key, {}), value)
+        else:
+            out.setdefault(key, value)
+    return out
 
 
 class ConfigError(ValueError):
@@ -154,7 +369,7 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(root)"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         lines.append(f"  {field}: {msg}")

@@ -8,9 +8,12 @@ continues where it stopped.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import time
 import traceback
+from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
@@ -29,12 +32,13 @@ _RESUMABLE_FIELDS = {("run", "rounds"), ("store", "url"), ("model", "cache_dir")
 
 
 def _comparable(config: dict) -> dict:
-    return {
-        (section, key): value
-        for section, values in config.items()
-        for key, value in values.items()
-        if (section, key) not in _RESUMABLE_FIELDS
-    }
+    flat = {}
+    for section, values in config.items():
+        items = values.items() if isinstance(values, dict) else [("", values)]
+        for key, value in items:
+            if (section, key) not in _RESUMABLE_FIELDS:
+                flat[(section, key)] = value
+    return flat
 
 
 def ensure_run(sessions: sessionmaker[Session], cfg: SelfplayConfig) -> int:
@@ -44,7 +48,8 @@ def ensure_run(sessions: sessionmaker[Session], cfg: SelfplayConfig) -> int:
         queries.insert_ignore(s, Run, [dict(name=cfg.run.name, config=resolved)])
         run = queries.get_run(s, cfg.run.name)
         stored, wanted = _comparable(run.config), _comparable(resolved)
-        changed = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+        # A key the stored config lacks was added by a newer selfplay: its default applies.
+        changed = sorted(k for k in stored if stored[k] != wanted.get(k))
         if changed:
             fields = ", ".join(".".join(k) for k in changed)
             raise ConfigError(
@@ -68,16 +73,70 @@ def ensure_initial_checkpoint(ctx: Context) -> int:
         return queries.get_checkpoint(s, ctx.run_id, -1).id
 
 
-def ensure_round(ctx: Context, index: int) -> int:
-    """Create round `index` with the previous round's output as its policy."""
-    with transaction(ctx.sessions) as s:
-        policy = queries.get_checkpoint(s, ctx.run_id, index - 1)
-        if policy is None:
+def next_policy(ctx: Context, index: int) -> Checkpoint | None:
+    """The checkpoint round `index` starts from: the previous round's output, or, after
+    guards.patience rounds without a new best held-out accuracy, the best checkpoint
+    (on_plateau: rollback) or None (on_plateau: stop)."""
+    guards = ctx.cfg.guards
+    with ctx.sessions() as s:
+        previous = queries.get_checkpoint(s, ctx.run_id, index - 1)
+        if previous is None:
             raise RuntimeError(f"round {index} cannot start: round {index - 1} has no checkpoint")
+        if guards.patience is None:
+            return previous
+        best = queries.best_checkpoint(s, ctx.run_id, before=index)
+        if best is None or (index - 1) - best.round_index < guards.patience:
+            return previous
+        if guards.on_plateau == "stop":
+            return None
+        return best
+
+
+def ensure_round(ctx: Context, index: int) -> int | None:
+    """Create round `index` (once) from `next_policy`; None when the plateau rule stops the run."""
+    with ctx.sessions() as s:
+        existing = queries.get_round(s, ctx.run_id, index)
+        if existing is not None:
+            return existing.id
+    policy = next_policy(ctx, index)
+    if policy is None:
+        return None
+    with transaction(ctx.sessions) as s:
         queries.insert_ignore(
             s, Round, [dict(run_id=ctx.run_id, index=index, policy_checkpoint_id=policy.id)]
         )
         return queries.get_round(s, ctx.run_id, index).id
+
+
+def prune_checkpoints(ctx: Context) -> list[str]:
+    """guards.keep_last: delete checkpoint directories other than the SFT model's, the best
+    one, the last N rounds' and any an unfinished round still needs; returns deleted paths.
+    The rows stay (their metrics and accuracies remain queryable)."""
+    keep_last = ctx.cfg.guards.keep_last
+    if keep_last is None:
+        return []
+    with ctx.sessions() as s:
+        ckpts = s.scalars(
+            select(Checkpoint)
+            .where(Checkpoint.run_id == ctx.run_id, Checkpoint.round_index >= 0)
+            .order_by(Checkpoint.round_index)
+        ).all()
+        best = queries.best_checkpoint(s, ctx.run_id)
+        needed = set(
+            s.scalars(
+                select(Round.policy_checkpoint_id).where(
+                    Round.run_id == ctx.run_id, Round.status != RoundStatus.DONE
+                )
+            )
+        )
+        keep = {c.id for c in ckpts[-keep_last:]} | needed | ({best.id} if best else set())
+        doomed = [c.path for c in ckpts if c.id not in keep]
+    deleted = []
+    for path in doomed:
+        if Path(path).exists():
+            shutil.rmtree(path)
+            deleted.append(path)
+    return deleted
 
 
 def _set_status(ctx: Context, round_id: int, status: str, error: str | None = None) -> None:
@@ -131,7 +190,7 @@ def run_loop(
         sessions=sessions,
         run_id=ensure_run(sessions, cfg),
         task=task,
-        judge=make_judge(cfg.judge, task),
+        judge=make_judge(cfg.judge, task, cfg.run.seed),
         reporter=reporter,
     )
     initial = ensure_initial_checkpoint(ctx)
@@ -139,6 +198,12 @@ def run_loop(
     reporter.line(f"initial policy: held-out accuracy {format_accuracy(accuracy)}")
     for index in range(rounds or cfg.run.rounds):
         round_id = ensure_round(ctx, index)
+        if round_id is None:
+            reporter.line(
+                f"stopping before round {index}: no new best held-out accuracy for "
+                f"{cfg.guards.patience} rounds (guards.on_plateau: stop)"
+            )
+            break
         with sessions() as s:
             already_done = s.get(Round, round_id).status == RoundStatus.DONE
         if not already_done:
@@ -150,6 +215,15 @@ def run_loop(
             f"{format_accuracy(summary.heldout_accuracy)}, {summary.wall_time_s:.1f}s"
             + (" (already done)" if already_done else "")
         )
+        for path in prune_checkpoints(ctx):
+            reporter.line(f"  deleted checkpoint {path} (guards.keep_last)")
+    with sessions() as s:
+        best = queries.best_checkpoint(s, ctx.run_id)
+        if best is not None:
+            reporter.line(
+                f"best checkpoint: {'SFT' if best.round_index < 0 else f'round {best.round_index}'}"
+                f" (held-out accuracy {format_accuracy(best.heldout_accuracy)}) {best.path}"
+            )
     with sessions() as s:
         summaries = queries.round_summaries(s, ctx.run_id)
     engine.dispose()

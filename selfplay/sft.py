@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from selfplay.config import ModelConfig, SFTConfig
+from selfplay.devices import default_device
 from selfplay.generation.base import SamplingParams
 from selfplay.generation.hf import HFBackend
 from selfplay.tasks.base import Task
@@ -125,7 +126,8 @@ def sft_train(
                 order, cursor = torch.randperm(len(encoded), generator=gen).tolist(), 0
             batch.append(encoded[order[cursor]])
             cursor += 1
-        ids, mask, labels = _collate(batch, tokenizer.pad_token_id)
+        device = next(model.parameters()).device
+        ids, mask, labels = (x.to(device) for x in _collate(batch, tokenizer.pad_token_id))
         logits = model(input_ids=ids, attention_mask=mask).logits
         loss = F.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]),
@@ -178,7 +180,7 @@ class _AccuracyStop:
             default=0,
         )
         self.params = SamplingParams(n=1, temperature=0.0, max_new_tokens=longest + 1)
-        self.backend = HFBackend()
+        self.backend = HFBackend(device=str(next(model.parameters()).device))
         self.backend.attach(model, tokenizer)
         self.accuracy: float | None = None
 
@@ -242,7 +244,7 @@ def prepare_policy(
         tokenizer = build_tokenizer()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = build_model(model_cfg.tiny, tokenizer)
+            model = build_model(model_cfg.tiny, tokenizer).to(default_device())
         logger.info(
             "training tiny policy: %d parameters, %d SFT steps",
             model.num_parameters(),

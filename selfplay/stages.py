@@ -19,14 +19,16 @@ from db import queries
 from db.engine import transaction
 from db.models import Checkpoint, Judgment, Metric, Pair, Prompt, Response, ResponseLogprob, Round
 from selfplay.config import SelfplayConfig
+from selfplay.devices import default_device
 from selfplay.faults import commit_point
 from selfplay.generation import make_backend
 from selfplay.generation.base import GenerationBackend, SamplingParams
 from selfplay.judges import Judge, JudgeItem
-from selfplay.pairing import PAIR_BUILDERS
+from selfplay.pairing import PAIR_BUILDERS, PairParams, replay_choice
 from selfplay.progress import Reporter
 from selfplay.tasks.base import Prompt as TaskPrompt
 from selfplay.tasks.base import Task
+from selfplay.training.losses import LOSSES
 
 LOGPROB_CHUNK = 512
 METRIC_FLUSH_STEPS = 50
@@ -89,17 +91,31 @@ def ensure_prompts(ctx: Context, round_id: int) -> None:
         queries.insert_ignore(s, Prompt, rows)
 
 
-def generate_block(ctx: Context, round_id: int, block: int) -> int:
-    """Generate K samples for every prompt of one block; returns new responses stored.
+def _sources(ctx: Context) -> list[tuple[str, int, int]]:
+    """(source, first sample index, samples per prompt): the policy's K, then the reference's."""
+    gen = ctx.cfg.generation
+    out = [("policy", 0, gen.samples_per_prompt)]
+    if gen.reference_samples:
+        out.append(("reference", gen.samples_per_prompt, gen.reference_samples))
+    return out
 
-    A block is a fixed range of prompt indices, sampled with a seed derived from (run seed,
-    round, block): re-running a block after a crash reproduces the same samples.
+
+def generate_block(ctx: Context, round_id: int, block: int, source: str = "policy") -> int:
+    """Generate the samples of one source for every prompt of one block; returns rows stored.
+
+    `source` "policy" draws K samples from the round's policy (sample indices 0…K−1);
+    "reference" draws generation.reference_samples from the SFT model (indices K…). A block is
+    a fixed range of prompt indices, sampled with a seed derived from (run seed, round, block,
+    source): re-running a block after a crash reproduces the same samples.
     """
     gen = ctx.cfg.generation
     size = gen.prompts_per_batch
+    _, first, n = next(x for x in _sources(ctx) if x[0] == source)
     with ctx.sessions() as s:
         rnd = _round(s, round_id)
         policy = rnd.policy_checkpoint
+        if source == "reference":
+            policy = queries.get_checkpoint(s, ctx.run_id, -1)
         prompts = list(
             s.scalars(
                 select(Prompt)
@@ -114,18 +130,18 @@ def generate_block(ctx: Context, round_id: int, block: int) -> int:
         round_index = rnd.index
     ctx.backend.load(policy.path)
     params = SamplingParams(
-        n=gen.samples_per_prompt,
+        n=n,
         temperature=gen.temperature,
         top_p=gen.top_p,
         max_new_tokens=gen.max_new_tokens,
-        seed=derive_seed(ctx.cfg.run.seed, round_index, block),
+        seed=derive_seed(ctx.cfg.run.seed, round_index, block, first),
     )
     outputs = ctx.backend.generate([p.text for p in prompts], params)
     rows = [
         dict(
             round_id=round_id,
             prompt_id=prompt.id,
-            sample_index=k,
+            sample_index=first + k,
             checkpoint_id=policy.id,
             text=sample.text,
             token_ids=sample.token_ids,
@@ -143,25 +159,26 @@ def generate_block(ctx: Context, round_id: int, block: int) -> int:
 
 
 def generate_round(ctx: Context, round_id: int) -> None:
-    """Generate the round's missing responses, block by block."""
+    """Generate the round's missing responses, block by block, policy samples first."""
     ensure_prompts(ctx, round_id)
-    k = ctx.cfg.generation.samples_per_prompt
-    with ctx.sessions() as s:
-        missing = queries.prompts_missing_responses(s, round_id, k)
-    blocks = sorted({p.index // ctx.cfg.generation.prompts_per_batch for p in missing})
-    if not blocks:
-        return
     size = ctx.cfg.generation.prompts_per_batch
-    with ctx.reporter.bar("generating", len(missing) * k) as advance:
-        for block in blocks:
-            generate_block(ctx, round_id, block)
-            advance(sum(1 for p in missing if p.index // size == block) * k)
+    for source, first, k in _sources(ctx):
+        with ctx.sessions() as s:
+            missing = queries.prompts_missing_responses(s, round_id, k, first)
+        blocks = sorted({p.index // size for p in missing})
+        if not blocks:
+            continue
+        label = "generating" if source == "policy" else "generating (reference samples)"
+        with ctx.reporter.bar(label, len(missing) * k) as advance:
+            for block in blocks:
+                generate_block(ctx, round_id, block, source)
+                advance(sum(1 for p in missing if p.index // size == block) * k)
 
 
 # -- judge --------------------------------------------------------------------------------
 
 
-def judge_responses(ctx: Context, pairs: list[tuple[Response, Prompt]]) -> None:
+def judge_responses(ctx: Context, pairs: list[tuple[Response, Prompt]], repeat: int = 0) -> None:
     """Judge these responses and store one judgment each (failures stored as failed)."""
     items = [JudgeItem(TaskPrompt(p.text, p.answer), r.text) for r, p in pairs]
     verdicts = ctx.judge.judge(items)
@@ -169,7 +186,7 @@ def judge_responses(ctx: Context, pairs: list[tuple[Response, Prompt]]) -> None:
         dict(
             response_id=r.id,
             judge=ctx.judge.name,
-            repeat=0,
+            repeat=repeat,
             status=v.status,
             score=v.score,
             critique=v.critique,
@@ -187,16 +204,18 @@ def judge_responses(ctx: Context, pairs: list[tuple[Response, Prompt]]) -> None:
 
 
 def judge_round(ctx: Context, round_id: int) -> None:
-    """Judge every response of the round that has no judgment yet."""
-    with ctx.sessions() as s:
-        todo = queries.responses_missing_judgment(s, round_id, ctx.judge.name)
+    """Judge every response of the round that has no judgment yet (each configured repeat)."""
     # One judge chunk per generation block's worth of responses: each chunk is one commit.
     size = ctx.cfg.generation.prompts_per_batch * ctx.cfg.generation.samples_per_prompt
-    with ctx.reporter.bar("judging", len(todo)) as advance:
-        for i in range(0, len(todo), size):
-            chunk = todo[i : i + size]
-            judge_responses(ctx, chunk)
-            advance(len(chunk))
+    for repeat in range(ctx.cfg.judge.repeats):
+        with ctx.sessions() as s:
+            todo = queries.responses_missing_judgment(s, round_id, ctx.judge.name, repeat)
+        label = "judging" if repeat == 0 else f"judging (repeat {repeat + 1})"
+        with ctx.reporter.bar(label, len(todo)) as advance:
+            for i in range(0, len(todo), size):
+                chunk = todo[i : i + size]
+                judge_responses(ctx, chunk, repeat)
+                advance(len(chunk))
 
 
 # -- pair ---------------------------------------------------------------------------------
@@ -209,8 +228,17 @@ def pair_round(ctx: Context, round_id: int) -> None:
         rnd = _round(s, round_id)
         scored = queries.scored_responses(s, round_id, ctx.judge.name)
         round_index = rnd.index
+    params = PairParams(
+        max_pairs_per_prompt=cfg.max_pairs_per_prompt,
+        length_penalty=cfg.length_penalty,
+        bt_temperature=cfg.bt_temperature,
+        dno_margin=cfg.dno_margin,
+        dno_min_positive_score=cfg.dno_min_positive_score,
+        degenerate_ngram=cfg.degenerate_ngram,
+        policy_samples=ctx.cfg.generation.samples_per_prompt,
+    )
     builder = PAIR_BUILDERS[cfg.builder]
-    choices = builder(scored, cfg.max_pairs_per_prompt, derive_seed(ctx.cfg.run.seed, round_index))
+    choices = builder(scored, params, derive_seed(ctx.cfg.run.seed, round_index))
     rows = [
         dict(
             round_id=round_id,
@@ -222,9 +250,12 @@ def pair_round(ctx: Context, round_id: int) -> None:
             margin=c.margin,
             weight=1.0,
             builder=cfg.builder,
+            chosen_target=c.chosen_target,
+            rejected_target=c.rejected_target,
         )
         for c in choices
     ]
+    rows += _replayed_pairs(ctx, round_index, round_id, len(rows))
     size = ctx.cfg.generation.prompts_per_batch
     for i in range(0, len(rows), size):
         with transaction(ctx.sessions) as s:
@@ -238,34 +269,78 @@ def pair_round(ctx: Context, round_id: int) -> None:
         queries.insert_ignore(s, Metric, _metrics(ctx.run_id, round_index, "pair", 0, values))
 
 
+def _replayed_pairs(ctx: Context, round_index: int, round_id: int, own: int) -> list[dict]:
+    """Copies of earlier rounds' pairs to mix into this round (pairing.replay fractions)."""
+    fractions = ctx.cfg.pairing.replay
+    if not fractions:
+        return []
+    with ctx.sessions() as s:
+        earlier_rounds = [
+            queries.get_round(s, ctx.run_id, round_index - 1 - i) for i in range(len(fractions))
+        ]
+        earlier = [queries.pair_ids(s, r.id) if r else [] for r in earlier_rounds]
+        picked = replay_choice(earlier, fractions, own, derive_seed(ctx.cfg.run.seed, round_index))
+        pairs = s.scalars(select(Pair).where(Pair.id.in_(picked)).order_by(Pair.id)).all()
+        return [
+            dict(
+                round_id=round_id,
+                prompt_id=p.prompt_id,
+                chosen_id=p.chosen_id,
+                rejected_id=p.rejected_id,
+                chosen_score=p.chosen_score,
+                rejected_score=p.rejected_score,
+                margin=p.margin,
+                weight=p.weight,
+                builder=f"replay:{p.builder}",
+                chosen_target=p.chosen_target,
+                rejected_target=p.rejected_target,
+            )
+            for p in pairs
+        ]
+
+
 # -- train --------------------------------------------------------------------------------
 
 
-def _reference_checkpoint(ctx: Context, s: Session, rnd: Round) -> Checkpoint:
-    if ctx.cfg.training.reference == "previous":
+def _checkpoint_for(ctx: Context, s: Session, rnd: Round, source: str) -> Checkpoint:
+    """The checkpoint a log-prob source names: "previous" (π_t, the round's policy) or "sft"."""
+    if source == "previous":
         return rnd.policy_checkpoint
     sft = queries.get_checkpoint(s, ctx.run_id, -1)
     assert sft is not None, "the initial checkpoint row is created before any round"
     return sft
 
 
-def ensure_reference_logprobs(
-    ctx: Context, round_id: int, pairs: list[queries.TrainingPair]
-) -> tuple[int, dict[int, float]]:
-    """Score every paired response under the reference once, store it, and return them all."""
+def logprob_sources(cfg: SelfplayConfig) -> dict[str, str]:
+    """Which checkpoint fills each log-prob slot of the loss: {"ref": …, "prev": …}."""
+    spec = LOSSES[cfg.training.loss]
+    out = {}
+    if spec.reference is not None:
+        out["ref"] = cfg.training.reference if spec.reference == "config" else spec.reference
+    if spec.needs_prev:
+        out["prev"] = "previous"
+    return out
+
+
+def ensure_logprobs(
+    ctx: Context, round_id: int, source: str, pairs: list[queries.TrainingPair]
+) -> dict[int, float]:
+    """Score every paired response under a source's checkpoint once, store, and return them."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from selfplay.training.logprobs import score_responses
 
     with ctx.sessions() as s:
-        ref = _reference_checkpoint(ctx, s, _round(s, round_id))
+        ckpt = _checkpoint_for(ctx, s, _round(s, round_id), source)
         wanted = {p.chosen_id: p for p in pairs} | {p.rejected_id: p for p in pairs}
-        have = queries.logprobs_for(s, ref.id, wanted)
+        have = queries.logprobs_for(s, ckpt.id, wanted)
     missing = sorted(set(wanted) - set(have))
     if missing:
-        tokenizer = AutoTokenizer.from_pretrained(ref.path)
-        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype="float32")
-        with ctx.reporter.bar("reference log-probs", len(missing)) as advance:
+        tokenizer = AutoTokenizer.from_pretrained(ckpt.path)
+        model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype="float32")
+        model.to(default_device())
+        label = "reference log-probs" if source == "sft" else "π_t log-probs"
+        with ctx.reporter.bar(label, len(missing)) as advance:
             for i in range(0, len(missing), LOGPROB_CHUNK):
                 ids = missing[i : i + LOGPROB_CHUNK]
                 prompt_ids, response_ids = [], []
@@ -279,7 +354,7 @@ def ensure_reference_logprobs(
                     model, prompt_ids, response_ids, tokenizer.pad_token_id, batch_size=256
                 )
                 rows = [
-                    dict(response_id=rid, checkpoint_id=ref.id, logprob=v)
+                    dict(response_id=rid, checkpoint_id=ckpt.id, logprob=v)
                     for rid, v in zip(ids, values, strict=True)
                 ]
                 with transaction(ctx.sessions) as s:
@@ -288,7 +363,7 @@ def ensure_reference_logprobs(
                 have.update(zip(ids, values, strict=True))
                 advance(len(ids))
         del model  # only the policy stays in memory while training
-    return ref.id, have
+    return have
 
 
 def _save_checkpoint(model: object, tokenizer: object, target: Path) -> None:
@@ -307,9 +382,15 @@ def train_round(ctx: Context, round_id: int) -> None:
     Reference log-probs are computed once (and stored); the optimisation itself restarts from
     the round's policy if interrupted, which reproduces the same weights for the same seed.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from selfplay.training.trainer import PairExample, train_on_pairs
+    from selfplay.training.trainer import (
+        PairExample,
+        load_trainable,
+        merged_for_saving,
+        planned_steps,
+        train_on_pairs,
+    )
 
     with ctx.sessions() as s:
         rnd = _round(s, round_id)
@@ -317,17 +398,28 @@ def train_round(ctx: Context, round_id: int) -> None:
             return
         round_index, policy = rnd.index, rnd.policy_checkpoint
         pairs = queries.training_pairs(s, round_id)
-    _, ref_logps = ensure_reference_logprobs(ctx, round_id, pairs)
+    logps = {
+        slot: ensure_logprobs(ctx, round_id, source, pairs)
+        for slot, source in logprob_sources(ctx.cfg).items()
+    }
+    ref, prev = logps.get("ref", {}), logps.get("prev")
+    spec = LOSSES[ctx.cfg.training.loss]
+    k = ctx.cfg.generation.samples_per_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(policy.path)
-    model = AutoModelForCausalLM.from_pretrained(policy.path, dtype="float32")
+    model = load_trainable(policy.path, ctx.cfg.training, default_device())
     examples = [
         PairExample(
             prompt_ids=tokenizer(p.prompt)["input_ids"],
             chosen_ids=p.chosen_token_ids,
             rejected_ids=p.rejected_token_ids,
-            ref_chosen_logp=ref_logps[p.chosen_id],
-            ref_rejected_logp=ref_logps[p.rejected_id],
+            ref_chosen_logp=ref.get(p.chosen_id, 0.0),
+            ref_rejected_logp=ref.get(p.rejected_id, 0.0),
+            prev_chosen_logp=prev[p.chosen_id] if prev is not None else None,
+            prev_rejected_logp=prev[p.rejected_id] if prev is not None else None,
+            chosen_target=p.chosen_target,
+            rejected_target=p.rejected_target,
+            chosen_is_ref_sample=(p.chosen_sample_index >= k) if spec.needs_ref_sample else None,
         )
         for p in pairs
     ]
@@ -342,7 +434,7 @@ def train_round(ctx: Context, round_id: int) -> None:
         commit_point("training")
 
     cfg = ctx.cfg.training
-    steps = min(cfg.max_steps, cfg.epochs * -(-len(examples) // cfg.batch_size))
+    steps = planned_steps(len(examples), cfg)
     with ctx.reporter.bar(f"training ({len(examples)} pairs)", steps) as advance:
 
         def on_step(step: int, values: dict[str, float]) -> None:
@@ -364,7 +456,7 @@ def train_round(ctx: Context, round_id: int) -> None:
 
     target = ctx.cfg.run.output_dir.resolve() / "checkpoints" / f"round-{round_index:04d}"
     target.parent.mkdir(parents=True, exist_ok=True)
-    _save_checkpoint(model, tokenizer, target)
+    _save_checkpoint(merged_for_saving(model), tokenizer, target)
     with transaction(ctx.sessions) as s:
         queries.insert_ignore(
             s, Checkpoint, [dict(run_id=ctx.run_id, round_index=round_index, path=str(target))]
@@ -419,14 +511,92 @@ def evaluate_checkpoint(ctx: Context, checkpoint_id: int, round_index: int) -> f
     return accuracy
 
 
+def guard_metrics(ctx: Context, round_id: int) -> dict[str, float] | None:
+    """Overoptimisation guards on one sample per held-out prompt from the round's new policy.
+
+    Stores (stage "guard", once per round): kl_sft, a Monte-Carlo estimate of
+    KL(π_new ‖ π_sft) = E_y~π_new[S_new(y) − S_sft(y)] (nats per response); proxy_score, the
+    training judge's mean score of the samples; gold_score, the task verifier's accuracy on the
+    same samples; proxy_gold_gap = proxy − gold (Gao et al. 2023: a growing gap is the judge
+    being gamed); sampled_mean_tokens. None when disabled or without held-out prompts.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selfplay.training.logprobs import score_responses
+
+    prompts = ctx.task.heldout_prompts()
+    if not ctx.cfg.guards.heldout_samples or not prompts:
+        return None
+    with ctx.sessions() as s:
+        rnd = _round(s, round_id)
+        round_index = rnd.index
+        done = s.scalar(
+            select(Metric.id)
+            .where(
+                Metric.run_id == ctx.run_id,
+                Metric.round_index == round_index,
+                Metric.stage == "guard",
+            )
+            .limit(1)
+        )
+        if done is not None:
+            return None
+        new_path = s.get(Checkpoint, rnd.output_checkpoint_id).path
+        sft_path = queries.get_checkpoint(s, ctx.run_id, -1).path
+    ctx.backend.load(new_path)
+    params = SamplingParams(
+        n=1,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=ctx.cfg.generation.max_new_tokens,
+        seed=derive_seed(ctx.cfg.run.seed, round_index, 1 << 20),
+    )
+    size = ctx.cfg.evaluation.batch_size
+    samples = []
+    for i in range(0, len(prompts), size):
+        batch = prompts[i : i + size]
+        samples += [out[0] for out in ctx.backend.generate([p.text for p in batch], params)]
+    gold = [ctx.task.verify(p, y.text)[0] for p, y in zip(prompts, samples, strict=True)]
+    verdicts = ctx.judge.judge(
+        [JudgeItem(p, y.text) for p, y in zip(prompts, samples, strict=True)]
+    )
+    proxy = [v.score for v in verdicts if v.status == "ok" and v.score is not None]
+
+    tokenizer = AutoTokenizer.from_pretrained(sft_path)
+    sft = AutoModelForCausalLM.from_pretrained(sft_path, dtype="float32").to(default_device())
+    ref = score_responses(
+        sft,
+        [tokenizer(p.text)["input_ids"] for p in prompts],
+        [y.token_ids for y in samples],
+        tokenizer.pad_token_id,
+        batch_size=256,
+    )
+    del sft
+    n = len(samples)
+    values = {
+        "kl_sft": sum(y.logprob - r for y, r in zip(samples, ref, strict=True)) / n,
+        "gold_score": sum(gold) / n,
+        "sampled_mean_tokens": sum(len(y.token_ids) for y in samples) / n,
+    }
+    if proxy:
+        values["proxy_score"] = sum(proxy) / len(proxy)
+        values["proxy_gold_gap"] = values["proxy_score"] - values["gold_score"]
+    with transaction(ctx.sessions) as s:
+        queries.insert_ignore(s, Metric, _metrics(ctx.run_id, round_index, "guard", 0, values))
+    commit_point("evaluating")
+    return values
+
+
 def evaluate_round(ctx: Context, round_id: int) -> None:
-    """Held-out greedy accuracy of the round's new checkpoint, stored on the round."""
+    """Held-out greedy accuracy of the round's new checkpoint, stored on the round, then the
+    overoptimisation guard metrics."""
     with ctx.sessions() as s:
         rnd = _round(s, round_id)
         checkpoint_id, round_index = rnd.output_checkpoint_id, rnd.index
     accuracy = evaluate_checkpoint(ctx, checkpoint_id, round_index)
     with transaction(ctx.sessions) as s:
         _round(s, round_id).heldout_accuracy = accuracy
+    guard_metrics(ctx, round_id)
 
 
 STAGE_FUNCTIONS = {

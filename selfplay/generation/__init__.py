@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from selfplay.config import GenerationConfig
+from selfplay.devices import default_device
 from selfplay.generation.base import GenerationBackend, Sample, SamplingParams
 from selfplay.generation.hf import HFBackend
 
@@ -15,4 +16,4 @@ __all__ = ["BACKENDS", "GenerationBackend", "HFBackend", "Sample", "SamplingPara
 
 def make_backend(cfg: GenerationConfig) -> GenerationBackend:
     """Build the backend named by `cfg.backend` (no checkpoint loaded yet)."""
-    return BACKENDS[cfg.backend](prompts_per_batch=cfg.prompts_per_batch)
+    return BACKENDS[cfg.backend](prompts_per_batch=cfg.prompts_per_batch, device=default_device())

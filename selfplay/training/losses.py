@@ -1,27 +1,45 @@
-"""Pure pair losses on summed response log-probs (ALGORITHMS.md, "Offline pair losses").
+"""Pure pair losses on summed response log-probs (ALGORITHMS.md, "Offline pair losses" and
+"Iterative and online objectives").
 
-Every loss has the same signature, `(PairLogps, LossParams) -> LossOutput`, and is selected by
-name through `LOSSES`. A loss's hyper-parameters are fields of `LossParams`: a new loss adds the
-fields it needs (with the paper's default) and reads only those, so the trainer never branches
-on the loss name. No I/O, no devices, no config objects.
+Every loss has the same signature, `(PairLogps, LossParams) -> LossOutput`, and is registered by
+name in `LOSSES` together with what it needs (`LossSpec`): which checkpoint the `ref_*` log-probs
+come from, and whether it needs the previous-round policy's log-probs (INPO), win-probability
+targets (SPPO) or to know which response was sampled from the reference (XPO). A loss's
+hyper-parameters are fields of `LossParams`: each loss reads only its own, so the trainer never
+branches on the loss name. No I/O, no devices, no config objects.
+
+Units: every log-prob is a natural-log sum over response tokens (nats), S_M(y) in the notation
+of ALGORITHMS.md; every tensor is [B], one entry per pair. Losses are returned per pair, [B],
+in float32 (float64 inputs stay float64, for gradcheck).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+CHIPO_EXP_CLAMP = 80.0
+"""χPO's φ(z) = exp(z) + z: z is clamped at this before exp (exp(80) ≈ 5.5e34 < float32 max)."""
+
 
 @dataclass(frozen=True)
 class PairLogps:
-    """Log-probs of B (chosen, rejected) pairs.
+    """Log-probs of B (chosen, rejected) pairs, each a tensor [B].
 
-    `policy_*` and `ref_*` are float tensors [B] of summed response-token log-probs S_M(y)
-    (policy ones carry gradient, reference ones do not); `*_len` are [B] response token counts.
+    - `policy_*`: S_θ(y), the policy being trained (carry gradient).
+    - `ref_*`: S_ref(y) of the loss's reference (no gradient): the fixed SFT model or the
+      round's starting policy π_t, as `LossSpec.reference` says.
+    - `*_len`: response token counts |y| (EOS included).
+    - `prev_*`: S_t(y) of the round's starting policy π_t, only for losses with
+      `LossSpec.needs_prev` (INPO's third source).
+    - `*_target`: SPPO's estimated win probabilities P̂(y) ∈ [0, 1].
+    - `chosen_is_ref_sample`: bool, XPO: True where the chosen response is the one sampled from
+      the reference (ỹ), False where the rejected one is.
     """
 
     policy_chosen: Tensor
@@ -30,13 +48,26 @@ class PairLogps:
     ref_rejected: Tensor
     chosen_len: Tensor
     rejected_len: Tensor
+    prev_chosen: Tensor | None = None
+    prev_rejected: Tensor | None = None
+    chosen_target: Tensor | None = None
+    rejected_target: Tensor | None = None
+    chosen_is_ref_sample: Tensor | None = None
 
 
 @dataclass(frozen=True)
 class LossParams:
-    """Hyper-parameters of every loss; each loss reads only the ones it uses."""
+    """Hyper-parameters of every loss (paper defaults); each loss reads only its own."""
 
-    beta: float = 0.1
+    beta: float = 0.1  # dpo, cdpo, rdpo, simpo, chipo, dno (η), xpo; reward scale for logging
+    epsilon: float = 0.1  # cdpo, rdpo: label-flip rate, in [0, 0.5)
+    ipo_tau: float = 0.1  # ipo
+    simpo_gamma_ratio: float = 0.5  # simpo: γ/β
+    chipo_r: float = 10.0  # chipo: the margin is clipped to [−2R, 2R]
+    inpo_eta: float = 0.005  # inpo η
+    inpo_tau: float = 0.005 / 3  # inpo τ (τ = 0: the paper's no-KL ablation)
+    sppo_eta: float = 1000.0  # sppo η (β = 1/η)
+    xpo_alpha: float = 1e-5  # xpo exploration bonus weight
 
 
 @dataclass(frozen=True)
@@ -61,16 +92,140 @@ def _mean_logp(logp: Tensor, length: Tensor) -> Tensor:
     return _up(logp) / length.to(_up(logp).dtype).clamp_min(1)
 
 
+def _ratios(b: PairLogps) -> tuple[Tensor, Tensor]:
+    """ℓ(y_w), ℓ(y_l): log-ratios of policy to reference, [B] each."""
+    return _up(b.policy_chosen) - _up(b.ref_chosen), _up(b.policy_rejected) - _up(b.ref_rejected)
+
+
 def _rewards(b: PairLogps, beta: float) -> tuple[Tensor, Tensor]:
-    chosen = beta * (_up(b.policy_chosen) - _up(b.ref_chosen))
-    rejected = beta * (_up(b.policy_rejected) - _up(b.ref_rejected))
-    return chosen.detach(), rejected.detach()
+    chosen, rejected = _ratios(b)
+    return (beta * chosen).detach(), (beta * rejected).detach()
+
+
+def _require(value: Tensor | None, loss: str, what: str) -> Tensor:
+    if value is None:
+        raise ValueError(f"the {loss} loss needs {what} (PairLogps field left unset)")
+    return value
 
 
 def dpo_loss(b: PairLogps, p: LossParams) -> LossOutput:
-    """DPO: −log σ(β h), h = ℓ(y_w) − ℓ(y_l); losses [B] in float32 or wider."""
-    h = (_up(b.policy_chosen) - _up(b.ref_chosen)) - (_up(b.policy_rejected) - _up(b.ref_rejected))
-    return LossOutput(-F.logsigmoid(p.beta * h), *_rewards(b, p.beta))
+    """DPO (2305.18290): −log σ(β h), h = ℓ(y_w) − ℓ(y_l)."""
+    w, lo = _ratios(b)
+    return LossOutput(-F.logsigmoid(p.beta * (w - lo)), *_rewards(b, p.beta))
+
+
+def cdpo_loss(b: PairLogps, p: LossParams) -> LossOutput:
+    """Conservative (label-smoothed) DPO: −(1−ε) log σ(β h) − ε log σ(−β h).
+
+    Bounded below: the ε term pulls the margin back once it is large.
+    """
+    w, lo = _ratios(b)
+    z = p.beta * (w - lo)
+    losses = -(1 - p.epsilon) * F.logsigmoid(z) - p.epsilon * F.logsigmoid(-z)
+    return LossOutput(losses, *_rewards(b, p.beta))
+
+
+def rdpo_loss(b: PairLogps, p: LossParams) -> LossOutput:
+    """Robust DPO (2403.00409): [−(1−ε) log σ(β h) + ε log σ(−β h)] / (1 − 2ε).
+
+    The ε term has the opposite SIGN to cdpo's: the loss is an unbiased estimate of the clean
+    DPO loss under a flip rate ε, and it is unbounded below (the margin keeps growing).
+    Requires ε < 0.5.
+    """
+    if not 0 <= p.epsilon < 0.5:
+        raise ValueError(f"rdpo needs 0 <= epsilon < 0.5, got {p.epsilon}")
+    w, lo = _ratios(b)
+    z = p.beta * (w - lo)
+    losses = (-(1 - p.epsilon) * F.logsigmoid(z) + p.epsilon * F.logsigmoid(-z)) / (
+        1 - 2 * p.epsilon
+    )
+    return LossOutput(losses, *_rewards(b, p.beta))
+
+
+def ipo_loss(b: PairLogps, p: LossParams) -> LossOutput:
+    """IPO (2310.12036): (h̄ − 1/(2τ))² with per-token means h̄ = ℓ(y_w)/|y_w| − ℓ(y_l)/|y_l|."""
+    w, lo = _ratios(b)
+    h = _mean_logp(w, b.chosen_len) - _mean_logp(lo, b.rejected_len)
+    return LossOutput((h - 1 / (2 * p.ipo_tau)) ** 2, *_rewards(b, p.ipo_tau))
+
+
+def simpo_loss(b: PairLogps, p: LossParams) -> LossOutput:
+    """SimPO (2405.14734), no reference: −log σ(β S_θ(y_w)/|y_w| − β S_θ(y_l)/|y_l| − γ).
+
+    γ = `simpo_gamma_ratio`·β. The logged rewards are the length-normalised β·S_θ/|y|.
+    """
+    chosen = p.beta * _mean_logp(b.policy_chosen, b.chosen_len)
+    rejected = p.beta * _mean_logp(b.policy_rejected, b.rejected_len)
+    gamma = p.simpo_gamma_ratio * p.beta
+    return LossOutput(-F.logsigmoid(chosen - rejected - gamma), chosen.detach(), rejected.detach())
+
+
+def _chipo_phi(z: Tensor) -> Tensor:
+    return torch.exp(z.clamp(max=CHIPO_EXP_CLAMP)) + z
+
+
+def chipo_loss(b: PairLogps, p: LossParams) -> LossOutput:
+    """χPO (2407.13399): −log σ(clip_[−2R, 2R](β φ(ℓ(y_w)) − β φ(ℓ(y_l)))), φ(z) = exp(z) + z.
+
+    ℓ is clamped at CHIPO_EXP_CLAMP before exp so the exponent cannot overflow; pairs whose
+    margin is clipped get zero gradient (intended by the paper).
+    """
+    w, lo = _ratios(b)
+    z = (p.beta * (_chipo_phi(w) - _chipo_phi(lo))).clamp(-2 * p.chipo_r, 2 * p.chipo_r)
+    return LossOutput(-F.logsigmoid(z), *_rewards(b, p.beta))
+
+
+def dno_loss(b: PairLogps, p: LossParams) -> LossOutput:
+    """DNO-Prct (2404.03715, Alg. 2): −log σ(η [ℓ_t(y⁺) − ℓ_t(y⁻)]), η = β.
+
+    Same form as DPO, but `ref_*` must hold the PREVIOUS ROUND's policy π_t (LossSpec says so,
+    and the trainer fills it accordingly): ℓ_t = S_θ − S_t.
+    """
+    return dpo_loss(b, p)
+
+
+def inpo_loss(b: PairLogps, p: LossParams) -> LossOutput:
+    """INPO (2407.00617): (h_t(y_w, y_l) − 1/(2η))² with three log-prob sources,
+
+    h_t = [S_θ(y_w) − S_θ(y_l)] − (τ/η)[S_ref(y_w) − S_ref(y_l)] − ((η−τ)/η)[S_t(y_w) − S_t(y_l)],
+    `ref_*` the fixed reference (SFT) and `prev_*` the round's starting policy π_t.
+    """
+    prev_w = _up(_require(b.prev_chosen, "inpo", "prev_chosen (π_t log-probs)"))
+    prev_l = _up(_require(b.prev_rejected, "inpo", "prev_rejected (π_t log-probs)"))
+    eta, tau = p.inpo_eta, p.inpo_tau
+    h = (
+        (_up(b.policy_chosen) - _up(b.policy_rejected))
+        - (tau / eta) * (_up(b.ref_chosen) - _up(b.ref_rejected))
+        - ((eta - tau) / eta) * (prev_w - prev_l)
+    )
+    return LossOutput((h - 1 / (2 * eta)) ** 2, *_rewards(b, eta))
+
+
+def sppo_loss(b: PairLogps, p: LossParams) -> LossOutput:
+    """SPPO (2405.00675): ½[(ℓ_t(y_w) − η(P̂_w − ½))² + (ℓ_t(y_l) − η(P̂_l − ½))²].
+
+    `ref_*` hold π_t (ℓ_t = S_θ − S_t); `*_target` hold the estimated win probabilities P̂.
+    Targets reach ±η/2 nats (±500 by default): keep float32 and clip gradients.
+    """
+    target_w = _up(_require(b.chosen_target, "sppo", "chosen_target (win probabilities)"))
+    target_l = _up(_require(b.rejected_target, "sppo", "rejected_target (win probabilities)"))
+    w, lo = _ratios(b)
+    losses = 0.5 * (
+        (w - p.sppo_eta * (target_w - 0.5)) ** 2 + (lo - p.sppo_eta * (target_l - 0.5)) ** 2
+    )
+    return LossOutput(losses, *_rewards(b, 1 / p.sppo_eta))
+
+
+def xpo_loss(b: PairLogps, p: LossParams) -> LossOutput:
+    """XPO (2405.21046): −log σ(β[ℓ(y⁺) − ℓ(y⁻)]) + α S_θ(ỹ).
+
+    ỹ is the response of the pair sampled from the reference (`chosen_is_ref_sample` says
+    which); minimising α S_θ(ỹ) pushes mass away from what the reference already covers.
+    """
+    flag = _require(b.chosen_is_ref_sample, "xpo", "chosen_is_ref_sample")
+    dpo = dpo_loss(b, p)
+    explored = torch.where(flag, _up(b.policy_chosen), _up(b.policy_rejected))
+    return LossOutput(dpo.losses + p.xpo_alpha * explored, dpo.chosen_rewards, dpo.rejected_rewards)
 
 
 def nll_term(b: PairLogps) -> Tensor:
@@ -86,7 +241,32 @@ def rft_loss(b: PairLogps, p: LossParams) -> LossOutput:
     return LossOutput(nll_term(b), *_rewards(b, p.beta))
 
 
-LOSSES: dict[str, LossFn] = {
-    "dpo": dpo_loss,
-    "rft": rft_loss,
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss and the log-prob sources it needs.
+
+    `reference`: where `PairLogps.ref_*` come from: "config" (training.reference decides),
+    "previous" (the round's starting policy π_t) or "sft" (the fixed initial model); None for
+    losses that use no reference (simpo, rft).
+    """
+
+    fn: LossFn
+    reference: Literal["config", "previous", "sft"] | None = "config"
+    needs_prev: bool = False
+    needs_targets: bool = False
+    needs_ref_sample: bool = False
+
+
+LOSSES: dict[str, LossSpec] = {
+    "dpo": LossSpec(dpo_loss),
+    "cdpo": LossSpec(cdpo_loss),
+    "rdpo": LossSpec(rdpo_loss),
+    "ipo": LossSpec(ipo_loss),
+    "simpo": LossSpec(simpo_loss, reference=None),
+    "chipo": LossSpec(chipo_loss),
+    "dno": LossSpec(dno_loss, reference="previous"),
+    "inpo": LossSpec(inpo_loss, reference="sft", needs_prev=True),
+    "sppo": LossSpec(sppo_loss, reference="previous", needs_targets=True),
+    "xpo": LossSpec(xpo_loss, reference="sft", needs_ref_sample=True),
+    "rft": LossSpec(rft_loss, reference=None),
 }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import islice
 
@@ -17,13 +19,67 @@ from selfplay.training.losses import LOSSES, LossFn, LossParams, PairLogps, nll_
 
 @dataclass(frozen=True)
 class PairExample:
-    """One preference pair and the reference policy's S_ref of each response (precomputed)."""
+    """One preference pair and the precomputed log-probs its loss needs.
+
+    `ref_*` are S_ref of the loss's reference (0.0 for losses without one), `prev_*` S_t of the
+    round's starting policy (INPO), `*_target` SPPO's win probabilities, `chosen_is_ref_sample`
+    XPO's flag for which response came from the reference.
+    """
 
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
-    ref_chosen_logp: float
-    ref_rejected_logp: float
+    ref_chosen_logp: float = 0.0
+    ref_rejected_logp: float = 0.0
+    prev_chosen_logp: float | None = None
+    prev_rejected_logp: float | None = None
+    chosen_target: float | None = None
+    rejected_target: float | None = None
+    chosen_is_ref_sample: bool | None = None
+
+
+def loss_params(cfg: TrainingConfig) -> LossParams:
+    """The loss hyper-parameters of a training config."""
+    return LossParams(
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        ipo_tau=cfg.ipo_tau,
+        simpo_gamma_ratio=cfg.simpo_gamma_ratio,
+        chipo_r=cfg.chipo_r if cfg.chipo_r is not None else LossParams.chipo_r,
+        inpo_eta=cfg.inpo_eta,
+        inpo_tau=cfg.inpo_tau if cfg.inpo_tau is not None else cfg.inpo_eta / 3,
+        sppo_eta=cfg.sppo_eta,
+        xpo_alpha=cfg.xpo_alpha,
+    )
+
+
+def load_trainable(path: str, cfg: TrainingConfig, device: str) -> PreTrainedModel:
+    """The policy to train, in float32 on `device`; wrapped with LoRA adapters (peft) when
+    `cfg.lora` is set, so only the adapters train."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device)
+    if cfg.lora is None:
+        return model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise RuntimeError("training.lora needs peft: pip install 'selfplay[lora]'") from None
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def merged_for_saving(model: PreTrainedModel) -> PreTrainedModel:
+    """A plain model to save: LoRA adapters merged into the weights (each round's checkpoint is
+    a full model the generation backends load as is); other models unchanged."""
+    merge = getattr(model, "merge_and_unload", None)
+    return merge() if merge is not None else model
 
 
 def _batches(n: int, batch_size: int, epochs: int, seed: int) -> Iterator[list[int]]:
@@ -35,6 +91,14 @@ def _batches(n: int, batch_size: int, epochs: int, seed: int) -> Iterator[list[i
             yield perm[start : start + batch_size]
 
 
+def _column(batch: list[PairExample], name: str, device: torch.device) -> Tensor | None:
+    values = [getattr(p, name) for p in batch]
+    if any(v is None for v in values):
+        return None
+    dtype = torch.bool if isinstance(values[0], bool) else torch.float32
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def _step(
     model: PreTrainedModel,
     batch: list[PairExample],
@@ -42,8 +106,9 @@ def _step(
     params: LossParams,
     nll_weight: float,
     pad_id: int,
+    autocast: bool,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Forward chosen and rejected together; return the loss to minimise and step metrics."""
+    """One forward of chosen and rejected concatenated into a single batch; the loss and metrics."""
     n = len(batch)
     prompts = [p.prompt_ids for p in batch] * 2
     responses = [p.chosen_ids for p in batch] + [p.rejected_ids for p in batch]
@@ -51,31 +116,61 @@ def _step(
     input_ids, attention_mask, response_mask = (
         x.to(device) for x in build_batch(prompts, responses, pad_id)
     )
-    logps = sequence_logprobs(model, input_ids, attention_mask, response_mask)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext()
+    with ctx:
+        logps = sequence_logprobs(model, input_ids, attention_mask, response_mask)
+    logps = logps.float()
     lengths = response_mask.sum(-1)
-    ref = torch.tensor(
-        [p.ref_chosen_logp for p in batch] + [p.ref_rejected_logp for p in batch],
-        dtype=logps.dtype,
-        device=device,
-    )
     b = PairLogps(
         policy_chosen=logps[:n],
         policy_rejected=logps[n:],
-        ref_chosen=ref[:n],
-        ref_rejected=ref[n:],
+        ref_chosen=_column(batch, "ref_chosen_logp", device),
+        ref_rejected=_column(batch, "ref_rejected_logp", device),
         chosen_len=lengths[:n],
         rejected_len=lengths[n:],
+        prev_chosen=_column(batch, "prev_chosen_logp", device),
+        prev_rejected=_column(batch, "prev_rejected_logp", device),
+        chosen_target=_column(batch, "chosen_target", device),
+        rejected_target=_column(batch, "rejected_target", device),
+        chosen_is_ref_sample=_column(batch, "chosen_is_ref_sample", device),
     )
     out = loss_fn(b, params)
     loss = out.losses.mean() + nll_weight * nll_term(b).mean()
     metrics = {
-        "loss": loss.item(),
-        "reward_margin": (out.chosen_rewards - out.rejected_rewards).mean().item(),
-        "preference_accuracy": (out.chosen_rewards > out.rejected_rewards).float().mean().item(),
-        "chosen_logp": b.policy_chosen.detach().mean().item(),
-        "rejected_logp": b.policy_rejected.detach().mean().item(),
+        "loss": loss.detach(),
+        "reward_margin": (out.chosen_rewards - out.rejected_rewards).mean(),
+        "preference_accuracy": (out.chosen_rewards > out.rejected_rewards).float().mean(),
+        "chosen_logp": b.policy_chosen.detach().mean(),
+        "rejected_logp": b.policy_rejected.detach().mean(),
     }
     return loss, metrics
+
+
+def _optimizer(params: list[torch.nn.Parameter], cfg: TrainingConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fused = all(p.is_cuda for p in params)  # one kernel for the whole update on a GPU
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def _lr_lambda(cfg: TrainingConfig, total_steps: int) -> Callable[[int], float]:
+    """Linear warmup over cfg.warmup_steps, then constant or cosine decay to 0 at total_steps."""
+
+    def factor(i: int) -> float:
+        if i < cfg.warmup_steps:
+            return (i + 1) / (cfg.warmup_steps + 1)
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (i - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def planned_steps(n_pairs: int, cfg: TrainingConfig) -> int:
+    """Optimizer steps train_on_pairs will take for n_pairs."""
+    micro = cfg.epochs * -(-n_pairs // cfg.batch_size)
+    return min(cfg.max_steps, -(-micro // cfg.grad_accum_steps))
 
 
 def train_on_pairs(
@@ -88,47 +183,64 @@ def train_on_pairs(
 ) -> dict[str, float]:
     """Optimise `model` in place on `pairs`; return each step metric's mean over the steps.
 
-    Shuffles with `seed`, `cfg.epochs` passes of `cfg.batch_size` pairs (the last batch of an
-    epoch may be smaller), stops after `cfg.max_steps` steps. `on_step(step, metrics)` is called
-    after each step, step counting from 1; metrics are loss, reward_margin, preference_accuracy,
-    chosen_logp, rejected_logp, grad_norm (before clipping) and lr. The summary adds "steps".
+    Shuffles with `seed`, `cfg.epochs` passes of micro-batches of `cfg.batch_size` pairs (the
+    last of an epoch may be smaller), `cfg.grad_accum_steps` micro-batches per optimizer step,
+    at most `cfg.max_steps` optimizer steps. Gradients are clipped to `cfg.grad_clip`; the
+    learning rate warms up linearly, then stays constant or follows a cosine. On a GPU with
+    `cfg.bf16` the forward runs under bf16 autocast (the loss is reduced in float32).
+    `on_step(step, metrics)` is called after each optimizer step, step counting from 1; metrics
+    are loss, reward_margin, preference_accuracy, chosen_logp, rejected_logp (means over the
+    step's micro-batches), grad_norm (before clipping) and lr. The summary adds "steps".
     Deterministic for a given seed on CPU. Leaves the model in eval mode; no pairs: returns {}
     without touching the model.
     """
     if not pairs:
         return {}
-    loss_fn = LOSSES[cfg.loss]
-    params = LossParams(beta=cfg.beta)
+    loss_fn = LOSSES[cfg.loss].fn
+    params = loss_params(cfg)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr)
-    # Linear warmup: a fresh AdamW at full lr jolts a converged policy (each round starts one).
-    warmup = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: min(1.0, (i + 1) / (cfg.warmup_steps + 1))
-    )
+    optimizer = _optimizer(trainable, cfg)
+    total = planned_steps(len(pairs), cfg)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
+    autocast = cfg.bf16 and next(model.parameters()).is_cuda
+    accum = cfg.grad_accum_steps
     totals: dict[str, float] = {}
     step = 0
     # Seed dropout without disturbing the caller's global RNG streams.
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model.train()
         try:
-            batches = islice(_batches(len(pairs), cfg.batch_size, cfg.epochs, seed), cfg.max_steps)
-            for step, indices in enumerate(batches, start=1):
-                batch = [pairs[i] for i in indices]
-                loss, metrics = _step(model, batch, loss_fn, params, cfg.nll_weight, pad_id)
+            micro = _batches(len(pairs), cfg.batch_size, cfg.epochs, seed)
+            for step in range(1, total + 1):
+                group = list(islice(micro, accum))
+                if not group:
+                    step -= 1
+                    break
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                sums: dict[str, Tensor] = {}
+                for indices in group:
+                    batch = [pairs[i] for i in indices]
+                    loss, metrics = _step(
+                        model, batch, loss_fn, params, cfg.nll_weight, pad_id, autocast
+                    )
+                    (loss / len(group)).backward()
+                    for k, v in metrics.items():
+                        sums[k] = sums.get(k, 0.0) + v / len(group)
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-                metrics["lr"] = optimizer.param_groups[0]["lr"]
+                lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
-                warmup.step()
-                metrics["grad_norm"] = grad_norm.item()
+                schedule.step()
+                # One device sync per step for all the metrics.
+                values = torch.stack([*sums.values(), grad_norm.float()]).tolist()
+                metrics = dict(zip([*sums, "grad_norm"], values, strict=True))
+                metrics["lr"] = lr
                 for k, v in metrics.items():
                     totals[k] = totals.get(k, 0.0) + v
                 if on_step is not None:
                     on_step(step, metrics)
         finally:
             model.eval()
-    summary = {k: v / step for k, v in totals.items()}
+    summary = {k: v / max(step, 1) for k, v in totals.items()}
     summary["steps"] = float(step)
     return summary

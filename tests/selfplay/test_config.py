@@ -23,7 +23,7 @@ def test_every_shipped_config_loads(path):
         ({"training": {"beta": -1.0}}, "training.beta", "greater than 0"),
         ({"training": {"bta": 0.1}}, "training.bta", "unknown key"),
         ({"trainig": {}}, "trainig", "unknown key"),
-        ({"training": {"loss": "dpoo"}}, "training.loss", "'dpo' or 'rft'"),
+        ({"training": {"loss": "dpoo"}}, "training.loss", "'xpo' or 'rft'"),
         (
             {"generation": {"samples_per_prompt": "many"}},
             "generation.samples_per_prompt",

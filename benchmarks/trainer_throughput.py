@@ -1,0 +1,239 @@
+"""Trainer throughput: selfplay's pair trainer against TRL's DPOTrainer, and MFU on a GPU.
+
+CPU, the peer comparison (same tiny model, same 4,096 pairs, 32 pairs per step, one epoch):
+
+    python benchmarks/trainer_throughput.py --pairs 4096
+
+TRL is configured fairly for a CPU: bf16=False, gradient_checkpointing=False,
+precompute_ref_log_probs=True, datasets caching off (so its reference precompute really runs
+inside the timed call). Both timings include the reference log-prob pass. Peak memory is the
+process's max RSS growth during each trainer, measured in a fresh subprocess per trainer.
+
+GPU (no peer; absolute figures): tokens/s and model FLOPs utilisation of a DPO step in bf16
+autocast on a randomly initialised Qwen2-0.5B-shaped model:
+
+    python benchmarks/trainer_throughput.py --gpu [--steps 20] [--peak-tflops 989]
+
+MFU = 6 · N · tokens/s / peak, N the parameters that do matrix work (all but the input
+embedding); it ignores attention FLOPs and counts the full lm_head although logits are only
+computed over the response span, so it is approximate in both directions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from selfplay.config import TrainingConfig
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _tiny(seed: int = 0):  # noqa: ANN202
+    from selfplay.config import TinyModelConfig
+    from selfplay.tiny_model import build_model, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    return build_model(TinyModelConfig(), tokenizer), tokenizer
+
+
+def _text_pairs(n: int) -> list[tuple[str, str, str]]:
+    rng = random.Random(0)
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        wrong = a + b + rng.choice([-10, -1, 1, 10])
+        out.append((f"Q:{a}+{b}=", f"A:{a + b}", f"A:{wrong}"))
+    return out
+
+
+def run_selfplay(n: int, batch: int) -> dict:
+    from selfplay.training.logprobs import score_responses
+    from selfplay.training.trainer import PairExample, train_on_pairs
+
+    model, tok = _tiny()
+    eos = [tok.eos_token_id]
+    data = [
+        (tok(p)["input_ids"], tok(c)["input_ids"] + eos, tok(r)["input_ids"] + eos)
+        for p, c, r in _text_pairs(n)
+    ]
+    base = _rss_mb()
+    start = time.perf_counter()
+    ref = score_responses(
+        model,
+        [d[0] for d in data] * 2,
+        [d[1] for d in data] + [d[2] for d in data],
+        tok.pad_token_id,
+        batch_size=512,
+    )
+    pairs = [PairExample(p, c, r, ref[i], ref[n + i]) for i, (p, c, r) in enumerate(data)]
+    cfg = TrainingConfig(loss="dpo", lr=1e-4, batch_size=batch, max_steps=10**6, epochs=1)
+    train_on_pairs(model, pairs, cfg, tok.pad_token_id, seed=0)
+    seconds = time.perf_counter() - start
+    return {"pairs_per_s": n / seconds, "seconds": seconds, "peak_rss_growth_mb": _rss_mb() - base}
+
+
+def run_trl(n: int, batch: int) -> dict:
+    import datasets
+    from trl import DPOConfig, DPOTrainer
+
+    datasets.disable_caching()
+    model, tok = _tiny()
+    ref_model, _ = _tiny()
+    rows = _text_pairs(n)
+    ds = datasets.Dataset.from_dict(
+        {
+            "prompt": [r[0] for r in rows],
+            "chosen": [r[1] for r in rows],
+            "rejected": [r[2] for r in rows],
+        }
+    )
+    args = DPOConfig(
+        output_dir="/tmp/trl-bench",
+        per_device_train_batch_size=batch,
+        num_train_epochs=1,
+        learning_rate=1e-4,
+        beta=0.1,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        precompute_ref_log_probs=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10**6,
+        dataloader_num_workers=0,
+        use_cpu=True,
+    )
+    base = _rss_mb()
+    start = time.perf_counter()
+    trainer = DPOTrainer(
+        model=model, ref_model=ref_model, args=args, train_dataset=ds, processing_class=tok
+    )
+    trainer.train()
+    seconds = time.perf_counter() - start
+    return {"pairs_per_s": n / seconds, "seconds": seconds, "peak_rss_growth_mb": _rss_mb() - base}
+
+
+def run_gpu(steps: int, batch: int, prompt_len: int, response_len: int, peak: float) -> dict:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from selfplay.training.trainer import PairExample, train_on_pairs
+
+    cfg = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).to("cuda")
+    n_params = sum(p.numel() for p in model.parameters())
+    matmul_params = n_params - model.get_input_embeddings().weight.numel()
+    rng = random.Random(0)
+
+    def seq(k: int) -> list[int]:
+        return [rng.randrange(1, cfg.vocab_size) for _ in range(k)]
+
+    pairs = [
+        PairExample(seq(prompt_len), seq(response_len), seq(response_len), -1.0, -1.0)
+        for _ in range(batch * (steps + 3))
+    ]
+    tcfg = TrainingConfig(loss="dpo", lr=1e-6, batch_size=batch, max_steps=steps + 3, epochs=1)
+    times: list[float] = []
+    last = [0.0]
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        torch.cuda.synchronize()
+        now = time.perf_counter()
+        if step > 3:  # after warm-up
+            times.append(now - last[0])
+        last[0] = now
+
+    torch.cuda.synchronize()
+    last[0] = time.perf_counter()
+    train_on_pairs(model, pairs, tcfg, pad_id=0, seed=0, on_step=on_step)
+    per_step = sum(times) / len(times)
+    tokens = batch * 2 * (prompt_len + response_len)
+    tokens_per_s = tokens / per_step
+    mfu = 6 * matmul_params * tokens_per_s / (peak * 1e12)
+    return {
+        "device": torch.cuda.get_device_name(),
+        "params": n_params,
+        "tokens_per_step": tokens,
+        "s_per_step": per_step,
+        "tokens_per_s": tokens_per_s,
+        "mfu": mfu,
+        "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pairs", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--only", choices=["selfplay", "trl"], default=None)
+    parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--response-len", type=int, default=384)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    if args.gpu:
+        print(
+            json.dumps(
+                run_gpu(
+                    args.steps, args.batch, args.prompt_len, args.response_len, args.peak_tflops
+                )
+            )
+        )
+        return
+    if args.only:
+        fn = run_selfplay if args.only == "selfplay" else run_trl
+        print(json.dumps(fn(args.pairs, args.batch)))
+        return
+    results = {}
+    for name in ("trl", "selfplay", "trl", "selfplay"):  # interleaved, two of each
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--only",
+                name,
+                "--pairs",
+                str(args.pairs),
+                "--batch",
+                str(args.batch),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        results.setdefault(name, []).append(r)
+        print(name, r, flush=True)
+    best = {k: max(v, key=lambda r: r["pairs_per_s"]) for k, v in results.items()}
+    ratio = best["selfplay"]["pairs_per_s"] / best["trl"]["pairs_per_s"]
+    print("| trainer | pairs/s (best of 2) | peak RSS growth |")
+    print("|---|---|---|")
+    for k, r in best.items():
+        print(f"| {k} | {r['pairs_per_s']:.0f} | {r['peak_rss_growth_mb']:.0f} MB |")
+    print(f"selfplay / TRL = {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
