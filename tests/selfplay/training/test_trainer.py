@@ -194,6 +194,10 @@ def test_cosine_schedule_decays_to_zero(tiny_llama):
     assert lrs[-1] < 0.1 * 1e-2
 
 
+def history_of(history: list[dict]):  # noqa: ANN201
+    return lambda step, metrics: history.append(metrics)
+
+
 def test_rmsprop_and_every_zoo_loss_train(tiny_llama):
     for loss, extra in [
         ("ipo", {}),
@@ -218,14 +222,14 @@ def test_rmsprop_and_every_zoo_loss_train(tiny_llama):
             )
             for p in make_pairs(model)
         ]
-        history = []
+        history: list[dict] = []
         train_on_pairs(
             model,
             pairs,
             config(loss=loss, max_steps=15, **extra),
             PAD,
             0,
-            on_step=lambda s, m: history.append(m),
+            on_step=history_of(history),
         )
         assert history[-1]["loss"] < history[0]["loss"], loss
         assert all(torch.isfinite(torch.tensor(m["loss"])) for m in history), loss
