@@ -44,6 +44,9 @@ class StatsCache:
         self._done: dict[int, q.RoundStats] = {}
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        return len(self._done)
+
     def get(self, s: Session, run: Run, rnd: Round) -> q.RoundStats:
         with self._lock:
             hit = self._done.get(rnd.id)
@@ -81,9 +84,9 @@ def create_app(db_url: str, token: str | None = None, warm: bool = True) -> Fast
     app = FastAPI(title="selfplay dashboard", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.cache = cache
 
-    def page(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+    def page(request: Request, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(
-            request, name, {"db_url": _redact(db_url), **ctx}, status_code=status
+            request, template, {"db_url": _redact(db_url), **ctx}, status_code=status
         )
 
     def error(request: Request, status: int, message: str) -> HTMLResponse:
