@@ -184,9 +184,7 @@ def round_stats(session: Session, run: Run, rnd: Round) -> RoundStats:
         .having(func.count() >= 2)
         .subquery()
     )
-    n_multi, n_agree = session.execute(
-        select(func.count(), func.sum(multi.c.agree))
-    ).one()
+    n_multi, n_agree = session.execute(select(func.count(), func.sum(multi.c.agree))).one()
     st.judge_agreement = (n_agree or 0) / n_multi if n_multi else None
     st.reward_margin = session.scalar(
         select(func.avg(Metric.value)).where(

@@ -79,7 +79,10 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 @db_app.command("stats")
 def db_stats(
-    db: DbOption = None, run: RunOption = None, round_: RoundOption = None, as_json: JsonOption = False
+    db: DbOption = None,
+    run: RunOption = None,
+    round_: RoundOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Per run and round: prompts, responses, judgments by status, pairs, accuracy, scores, lengths."""
     from db import inspect as q
@@ -187,7 +190,9 @@ def db_pairs(
         return
     table = Table(title=f"{len(rows)} pairs" + (f" after id {after}" if after else ""))
     for c in ("id", "run", "round", "prompt", "chosen", "score", "rejected", "score ", "margin"):
-        table.add_column(c, justify="right" if c.strip() in ("id", "round", "score", "margin") else "left")
+        table.add_column(
+            c, justify="right" if c.strip() in ("id", "round", "score", "margin") else "left"
+        )
     for r in rows:
         table.add_row(
             str(r.id),
@@ -241,7 +246,8 @@ def db_show(
         table.add_row("tokens", f"{resp.num_tokens} (finish: {resp.finish_reason})")
         table.add_row("log-prob", f"{resp.logprob:.3f}")
         table.add_row(
-            "checkpoint", f"{resp.checkpoint_id} (round {resp.checkpoint_round}) {resp.checkpoint_path}"
+            "checkpoint",
+            f"{resp.checkpoint_id} (round {resp.checkpoint_round}) {resp.checkpoint_path}",
         )
         for j in resp.judgments:
             body = f"{j.status} score={_fmt(j.score)}"
@@ -320,4 +326,3 @@ def dashboard(
         pass  # fail early, with a clear message, when there is no store
     out.print(f"dashboard of {url} on http://{host}:{port}/", highlight=False)
     uvicorn.run(create_app(url, token=token), host=host, port=port, log_level="warning")
-

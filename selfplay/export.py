@@ -109,9 +109,7 @@ def _write_hf(batches: Iterator[list[dict[str, Any]]], path: Path) -> int:
 _WRITERS = {"jsonl": _write_jsonl, "parquet": _write_parquet, "hf": _write_hf}
 
 
-def export_pairs(
-    session: Session, f: PairFilter, fmt: str, path: Path, batch: int = 500
-) -> int:
+def export_pairs(session: Session, f: PairFilter, fmt: str, path: Path, batch: int = 500) -> int:
     """Write the pairs matching `f` to `path` in `fmt` (jsonl | parquet | hf); returns the count.
 
     `hf` writes a directory that `datasets.load_from_disk` opens (and replaces one already there).

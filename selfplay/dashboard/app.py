@@ -137,8 +137,15 @@ def create_app(db_url: str, token: str | None = None, warm: bool = True) -> Fast
             stats = [cache.get(s, run, rnd) for rnd in q.run_rounds(s, run)]
             initial = q.get_initial_accuracy(s, run.id)
             name = run.name
-        return page(request, "run.html", run_id=run_id, name=name, stats=stats,
-                    initial=initial, plots=_run_plots(stats, initial))
+        return page(
+            request,
+            "run.html",
+            run_id=run_id,
+            name=name,
+            stats=stats,
+            initial=initial,
+            plots=_run_plots(stats, initial),
+        )
 
     @app.get("/runs/{run_id}/rounds/{index}", response_class=HTMLResponse)
     def round_page(
@@ -154,10 +161,23 @@ def create_app(db_url: str, token: str | None = None, warm: bool = True) -> Fast
         for metric in ("loss", "reward_margin", "preference_accuracy"):
             if metric in train:
                 steps = [step for step, _ in train[metric]]
-                plots.append(line_chart(f"training {metric}", steps,
-                                        {metric: [v for _, v in train[metric]]}, x_label="step"))
-        return page(request, "round.html", run_id=run_id, name=name, st=st,
-                    error_text=error_text, plots=plots)
+                plots.append(
+                    line_chart(
+                        f"training {metric}",
+                        steps,
+                        {metric: [v for _, v in train[metric]]},
+                        x_label="step",
+                    )
+                )
+        return page(
+            request,
+            "round.html",
+            run_id=run_id,
+            name=name,
+            st=st,
+            error_text=error_text,
+            plots=plots,
+        )
 
     @app.get("/pairs", response_class=HTMLResponse)
     def pairs_page(
@@ -173,19 +193,32 @@ def create_app(db_url: str, token: str | None = None, warm: bool = True) -> Fast
         if min_margin is not None and not math.isfinite(min_margin):
             raise q.InspectError(f"min_margin: must be a finite number, got {min_margin}")
         f = q.PairFilter(
-            run=run or None, round=round, judge=judge or None, min_margin=min_margin,
+            run=run or None,
+            round=round,
+            judge=judge or None,
+            min_margin=min_margin,
             search=search or None,
         )
         with sessions() as s:
             rows = q.list_pairs(s, f, after=after, limit=limit)
         if after and not rows:
             raise q.NotFound(f"no pairs after id {after} match these filters")
-        params = {k: v for k, v in (("run", run), ("round", round), ("judge", judge),
-                                    ("min_margin", min_margin), ("search", search),
-                                    ("limit", limit if limit != 50 else None)) if v not in (None, "")}
+        params = {
+            k: v
+            for k, v in (
+                ("run", run),
+                ("round", round),
+                ("judge", judge),
+                ("min_margin", min_margin),
+                ("search", search),
+                ("limit", limit if limit != 50 else None),
+            )
+            if v not in (None, "")
+        }
         next_after = rows[-1].id if len(rows) == limit else None
-        return page(request, "pairs.html", rows=rows, params=params, after=after,
-                    next_after=next_after)
+        return page(
+            request, "pairs.html", rows=rows, params=params, after=after, next_after=next_after
+        )
 
     @app.get("/pairs/{pair_id}", response_class=HTMLResponse)
     def pair_page(request: Request, pair_id: Id) -> HTMLResponse:
@@ -204,19 +237,37 @@ def _run_plots(stats: list[q.RoundStats], initial: float | None) -> list[Any]:
         acc_xs, accs = [-1, *xs], [initial, *accs]
     plots = [
         line_chart("held-out accuracy (round -1: initial policy)", acc_xs, {"accuracy": accs}),
-        line_chart("mean judge score", xs, {"all responses": [st.mean_score for st in stats],
-                                            "chosen": [st.mean_chosen_score for st in stats],
-                                            "rejected": [st.mean_rejected_score for st in stats]}),
+        line_chart(
+            "mean judge score",
+            xs,
+            {
+                "all responses": [st.mean_score for st in stats],
+                "chosen": [st.mean_chosen_score for st in stats],
+                "rejected": [st.mean_rejected_score for st in stats],
+            },
+        ),
         line_chart("pairs", xs, {"pairs": [float(st.pairs) for st in stats]}),
-        line_chart("chosen vs rejected length (tokens)", xs,
-                   {"chosen": [st.mean_chosen_tokens for st in stats],
-                    "rejected": [st.mean_rejected_tokens for st in stats]}),
-        line_chart("margins", xs, {"score margin": [st.mean_margin for st in stats],
-                                   "reward margin (train)": [st.reward_margin for st in stats]}),
+        line_chart(
+            "chosen vs rejected length (tokens)",
+            xs,
+            {
+                "chosen": [st.mean_chosen_tokens for st in stats],
+                "rejected": [st.mean_rejected_tokens for st in stats],
+            },
+        ),
+        line_chart(
+            "margins",
+            xs,
+            {
+                "score margin": [st.mean_margin for st in stats],
+                "reward margin (train)": [st.reward_margin for st in stats],
+            },
+        ),
     ]
     if any(st.judge_agreement is not None for st in stats):
-        plots.append(line_chart("judge agreement", xs,
-                                {"agreement": [st.judge_agreement for st in stats]}))
+        plots.append(
+            line_chart("judge agreement", xs, {"agreement": [st.judge_agreement for st in stats]})
+        )
     return plots
 
 

@@ -36,7 +36,9 @@ def line_chart(
         f'<text x="{W / 2}" y="16" text-anchor="middle" class="title">{escape(title)}</text>'
     )
     if not points or not xs:
-        return Markup(head + f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle">no data</text></svg>')
+        return Markup(
+            head + f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle">no data</text></svg>'
+        )
     x_lo, x_hi = min(xs), max(xs)
     y_lo, y_hi = min(points), max(points)
     if y_lo == y_hi:
@@ -72,7 +74,9 @@ def line_chart(
         pts = [(px(x), py(y), x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
         if len(pts) > 1:
             path = " ".join(f"{a:.1f},{b:.1f}" for a, b, _, _ in pts)
-            parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
+            parts.append(
+                f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>'
+            )
         if len(pts) <= 60:
             for a, b, x, y in pts:
                 parts.append(

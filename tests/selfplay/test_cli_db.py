@@ -72,7 +72,9 @@ def test_show_prints_responses_judgments_and_checkpoint(seeded_url):
     assert d["chosen"]["text"] == "A3xxx" and d["rejected"]["text"] == "A0"
     assert d["chosen"]["checkpoint_path"] == "/ckpt/-1"
     judges = {j["judge"]: j for j in d["chosen"]["judgments"]}
-    assert judges["verifier"]["critique"] == "critique 3" and judges["llm"]["trace"]["tool"] == "calc"
+    assert (
+        judges["verifier"]["critique"] == "critique 3" and judges["llm"]["trace"]["tool"] == "calc"
+    )
     table = invoke("db", "show", str(pair_id), "--db", seeded_url)
     assert table.exit_code == 0 and "critique 3" in table.output and "/ckpt/-1" in table.output
 

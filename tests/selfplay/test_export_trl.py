@@ -22,17 +22,23 @@ def test_hf_export_loads_and_trains_one_dpo_step(seeded_url, tmp_path):
     from trl import DPOConfig, DPOTrainer
 
     out = tmp_path / "pairs_hf"
-    result = CliRunner().invoke(app, ["db", "export", str(out), "--db", seeded_url, "--format", "hf"])
+    result = CliRunner().invoke(
+        app, ["db", "export", str(out), "--db", seeded_url, "--format", "hf"]
+    )
     assert result.exit_code == 0 and "exported 12 pairs" in result.output, result.output
 
     ds = datasets.load_from_disk(str(out))
     assert ds.num_rows == 12
-    assert {"prompt", "chosen", "rejected", "margin", "pair_id", "checkpoint_id"} <= set(ds.column_names)
+    assert {"prompt", "chosen", "rejected", "margin", "pair_id", "checkpoint_id"} <= set(
+        ds.column_names
+    )
     assert ds[0]["chosen"].startswith("A")
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
-    model = build_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tokenizer)
+    model = build_model(
+        TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tokenizer
+    )
     before = [p.detach().clone() for p in model.parameters()]
     args = DPOConfig(
         output_dir=str(tmp_path / "trl"),
