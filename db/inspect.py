@@ -140,19 +140,29 @@ def round_stats(session: Session, run: Run, rnd: Round) -> RoundStats:
         select(func.count(), func.avg(Response.num_tokens)).where(Response.round_id == rnd.id)
     ).one()
     round_responses = select(Response.id).where(Response.round_id == rnd.id)
-    st.judgments = {
-        status: n
-        for status, n in session.execute(
-            select(Judgment.status, func.count())
-            .where(Judgment.response_id.in_(round_responses))
-            .group_by(Judgment.status)
+    # One pass over the round's judgments: counts by status, the mean ok score, and whether any
+    # response can have two judgments at all (a second judge or a repeat; the unique key is
+    # (response, judge, repeat)), which the agreement query below needs.
+    st.judgments, judges, max_repeat, ok_sum, ok_n = {}, set(), 0, 0.0, 0
+    for status, judge, n, n_scored, mean, top_repeat in session.execute(
+        select(
+            Judgment.status,
+            Judgment.judge,
+            func.count(),
+            func.count(Judgment.score),
+            func.avg(Judgment.score),
+            func.max(Judgment.repeat),
         )
-    }
-    st.mean_score = session.scalar(
-        select(func.avg(Judgment.score)).where(
-            Judgment.response_id.in_(round_responses), Judgment.status == "ok"
-        )
-    )
+        .where(Judgment.response_id.in_(round_responses))
+        .group_by(Judgment.status, Judgment.judge)
+    ):
+        st.judgments[status] = st.judgments.get(status, 0) + n
+        if status == "ok":
+            judges.add(judge)
+            max_repeat = max(max_repeat, top_repeat)
+            if mean is not None:
+                ok_sum, ok_n = ok_sum + float(mean) * n_scored, ok_n + n_scored
+    st.mean_score = ok_sum / ok_n if ok_n else None
     chosen, rejected = aliased(Response), aliased(Response)
     (
         st.pairs,
@@ -174,18 +184,8 @@ def round_stats(session: Session, run: Run, rnd: Round) -> RoundStats:
         .join(rejected, rejected.id == Pair.rejected_id)
         .where(Pair.round_id == rnd.id)
     ).one()
-    multi = (
-        select(
-            Judgment.response_id,
-            case((func.max(Judgment.score) == func.min(Judgment.score), 1), else_=0).label("agree"),
-        )
-        .where(Judgment.response_id.in_(round_responses), Judgment.status == "ok")
-        .group_by(Judgment.response_id)
-        .having(func.count() >= 2)
-        .subquery()
-    )
-    n_multi, n_agree = session.execute(select(func.count(), func.sum(multi.c.agree))).one()
-    st.judge_agreement = (n_agree or 0) / n_multi if n_multi else None
+    if len(judges) > 1 or max_repeat > 0:
+        st.judge_agreement = _agreement(session, round_responses)
     st.reward_margin = session.scalar(
         select(func.avg(Metric.value)).where(
             Metric.run_id == run.id,
@@ -198,6 +198,22 @@ def round_stats(session: Session, run: Run, rnd: Round) -> RoundStats:
     st.mean_chosen_tokens = _float(st.mean_chosen_tokens)
     st.mean_rejected_tokens = _float(st.mean_rejected_tokens)
     return st
+
+
+def _agreement(session: Session, round_responses: Select) -> float | None:
+    """Among responses judged ≥ 2 times (ok), the share whose scores all agree."""
+    multi = (
+        select(
+            Judgment.response_id,
+            case((func.max(Judgment.score) == func.min(Judgment.score), 1), else_=0).label("agree"),
+        )
+        .where(Judgment.response_id.in_(round_responses), Judgment.status == "ok")
+        .group_by(Judgment.response_id)
+        .having(func.count() >= 2)
+        .subquery()
+    )
+    n_multi, n_agree = session.execute(select(func.count(), func.sum(multi.c.agree))).one()
+    return (n_agree or 0) / n_multi if n_multi else None
 
 
 def _float(x: Any) -> float | None:
