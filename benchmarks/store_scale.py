@@ -276,6 +276,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--sqlite-path", default="/tmp/selfplay-bench/store_scale.db")
     ap.add_argument("--skip-fill", action="store_true", help="Reuse the store already there.")
+    ap.add_argument("--fill-only", action="store_true", help="Fill the store, measure nothing.")
     args = ap.parse_args()
 
     if args.backend == "sqlite":
@@ -292,6 +293,8 @@ def main() -> None:
             f"filled {args.pairs} pairs ({args.backend}) in {time.perf_counter() - t0:.0f}s",
             flush=True,
         )
+    if args.fill_only:
+        return
     print(f"| {args.backend}: what | first request (ms) | warm median of 5 (ms) |")
     print("|---|---|---|")
     for label, cold, warm in measure(url, args.rounds):

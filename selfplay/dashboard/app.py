@@ -183,15 +183,16 @@ def create_app(db_url: str, token: str | None = None, warm: bool = True) -> Fast
     def pairs_page(
         request: Request,
         run: Annotated[str | None, Query(max_length=200)] = None,
-        round: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
+        round: Annotated[str | None, Query(max_length=30)] = None,
         judge: Annotated[str | None, Query(max_length=100)] = None,
-        min_margin: Annotated[float | None, Query()] = None,
+        min_margin: Annotated[str | None, Query(max_length=30)] = None,
         search: Annotated[str | None, Query(max_length=200)] = None,
         after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
     ) -> HTMLResponse:
-        if min_margin is not None and not math.isfinite(min_margin):
-            raise q.InspectError(f"min_margin: must be a finite number, got {min_margin}")
+        # The filter form submits empty fields: an empty value means no filter.
+        round = _parse(round, int, "round", lambda v: 0 <= v <= MAX_ID)
+        min_margin = _parse(min_margin, float, "min_margin", math.isfinite)
         f = q.PairFilter(
             run=run or None,
             round=round,
@@ -228,6 +229,18 @@ def create_app(db_url: str, token: str | None = None, warm: bool = True) -> Fast
         return page(request, "pair.html", d=detail, run_id=run_id)
 
     return app
+
+
+def _parse(raw: str | None, kind: type, name: str, ok: Callable[[Any], bool]) -> Any:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not ok(value):
+        raise q.InspectError(f"{name}: not a valid {kind.__name__} here: {raw!r}")
+    return value
 
 
 def _run_plots(stats: list[q.RoundStats], initial: float | None) -> list[Any]:

@@ -54,6 +54,9 @@ def test_pair_browser_search_filters_and_pages(client):
     assert len(pair_ids(client.get("/pairs", params={"search": "script"}).text)) == 4
     assert len(pair_ids(client.get("/pairs", params={"min_margin": 0.5}).text)) == 6
     assert pair_ids(client.get("/pairs", params={"judge": "nobody"}).text) == []
+    # The filter form submits its empty fields: no filter, not an error.
+    empty = client.get("/pairs?run=&round=&judge=&min_margin=&search=")
+    assert empty.status_code == 200 and len(pair_ids(empty.text)) == 12
 
 
 @pytest.mark.parametrize(
@@ -75,6 +78,9 @@ def test_pair_browser_search_filters_and_pages(client):
         ("/pairs?min_margin=abc", 400, "min_margin"),
         ("/pairs?min_margin=nan", 400, "min_margin"),
         ("/pairs?min_margin=inf", 400, "min_margin"),
+        ("/pairs?run=demo&round=1.5", 400, "round"),
+        ("/pairs?run=demo&round=-2", 400, "round"),
+        ("/pairs?run=demo&round=99999999999999999999999", 400, "round"),
         ("/pairs?search=" + "x" * 500, 400, "search"),
         ("/nowhere", 404, "Not Found"),
     ],
