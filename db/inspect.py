@@ -330,6 +330,10 @@ def list_pairs(session: Session, f: PairFilter, after: int = 0, limit: int = 50)
         raise InspectError(f"limit: must be between 1 and {MAX_PAGE}, got {limit}")
     if after < 0:
         raise InspectError(f"after: must be ≥ 0, got {after}")
+    return _page(session, f, after, limit)
+
+
+def _page(session: Session, f: PairFilter, after: int, limit: int) -> list[PairRow]:
     # Page the bare ids first (index-only where the filters allow), then join the page's rows.
     ids = _filtered(session, select(Pair.id), f).where(Pair.id > after)
     ids = ids.order_by(Pair.id).limit(limit).subquery()
@@ -337,11 +341,11 @@ def list_pairs(session: Session, f: PairFilter, after: int = 0, limit: int = 50)
     return [PairRow(*row) for row in session.execute(stmt)]
 
 
-def iter_pairs(session: Session, f: PairFilter, batch: int = MAX_PAGE) -> Iterator[list[PairRow]]:
+def iter_pairs(session: Session, f: PairFilter, batch: int = 5000) -> Iterator[list[PairRow]]:
     """Every pair matching `f`, in id order, one keyset page at a time (memory flat in rows)."""
     after = 0
     while True:
-        page = list_pairs(session, f, after=after, limit=batch)
+        page = _page(session, f, after, batch)
         if not page:
             return
         yield page

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from db.inspect import PairFilter, PairRow, iter_pairs
 
 FORMATS = ("jsonl", "parquet", "hf")
+ROW_GROUP = 50_000
 
 # Column order of every format; (name, pyarrow type name).
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -84,10 +85,17 @@ def _write_parquet(batches: Iterator[list[dict[str, Any]]], path: Path) -> int:
 
     schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in COLUMNS])
     n = 0
+    pending: list[dict[str, Any]] = []
     with pq.ParquetWriter(path, schema) as writer:
         for rows in batches:
-            writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
+            pending.extend(rows)
             n += len(rows)
+            # Row groups of ROW_GROUP rows: few enough that the file's metadata stays small.
+            if len(pending) >= ROW_GROUP:
+                writer.write_table(pa.Table.from_pylist(pending, schema=schema))
+                pending = []
+        if pending or n == 0:
+            writer.write_table(pa.Table.from_pylist(pending, schema=schema))
     return n
 
 
@@ -109,7 +117,7 @@ def _write_hf(batches: Iterator[list[dict[str, Any]]], path: Path) -> int:
 _WRITERS = {"jsonl": _write_jsonl, "parquet": _write_parquet, "hf": _write_hf}
 
 
-def export_pairs(session: Session, f: PairFilter, fmt: str, path: Path, batch: int = 500) -> int:
+def export_pairs(session: Session, f: PairFilter, fmt: str, path: Path, batch: int = 5000) -> int:
     """Write the pairs matching `f` to `path` in `fmt` (jsonl | parquet | hf); returns the count.
 
     `hf` writes a directory that `datasets.load_from_disk` opens (and replaces one already there).

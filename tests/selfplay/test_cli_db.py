@@ -120,3 +120,21 @@ def test_export_jsonl_and_parquet_stream_every_pair(seeded_url, tmp_path):
 def test_dashboard_refuses_a_public_bind_without_a_token(seeded_url):
     result = invoke("dashboard", "--db", seeded_url, "--host", "0.0.0.0")
     assert result.exit_code == 2 and "--token" in result.output
+
+
+def test_export_pages_and_row_groups_keep_every_pair_once(seeded_url, tmp_path, monkeypatch):
+    from sqlalchemy.orm import Session
+
+    from db.engine import make_engine
+    from db.inspect import PairFilter
+    from selfplay import export
+
+    monkeypatch.setattr(export, "ROW_GROUP", 4)
+    engine = make_engine(seeded_url)
+    with Session(bind=engine) as s:
+        n = export.export_pairs(s, PairFilter(), "parquet", tmp_path / "p.parquet", batch=5)
+    engine.dispose()
+    f = pq.ParquetFile(tmp_path / "p.parquet")
+    ids = f.read().column("pair_id").to_pylist()
+    assert n == 12 and len(ids) == 12 and ids == sorted(set(ids))
+    assert f.metadata.num_row_groups == 3  # 5 + 5 (flushed at ≥ 4), then the last 2
