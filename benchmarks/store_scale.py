@@ -219,14 +219,15 @@ def measure(url: str, rounds: int) -> list[tuple[str, float, float]]:
             results.append((label, *timed(get)))
     runner = CliRunner()
     for label, args in [
-        ("selfplay db pairs --limit 20", []),
+        ("selfplay db pairs --limit 20  (Rich table)", []),
+        ("selfplay db pairs --limit 20 --json", ["--json"]),
         (
-            f"selfplay db pairs --run bench --round {mid_round}",
-            ["--run", "bench", "--round", str(mid_round)],
+            f"selfplay db pairs --run bench --round {mid_round} --json",
+            ["--run", "bench", "--round", str(mid_round), "--json"],
         ),
-        ("selfplay db pairs --min-margin 0.9", ["--min-margin", "0.9"]),
-        ("selfplay db pairs --search '+1='", ["--search", "+1="]),
-        ("selfplay db pairs --after <middle id>", ["--after", str(max_id // 2)]),
+        ("selfplay db pairs --min-margin 0.9 --json", ["--min-margin", "0.9", "--json"]),
+        ("selfplay db pairs --search '+1=' --json", ["--search", "+1=", "--json"]),
+        ("selfplay db pairs --after <middle id> --json", ["--after", str(max_id // 2), "--json"]),
     ]:
 
         def cli_pairs(args: list[str] = args) -> None:
@@ -277,6 +278,7 @@ def main() -> None:
     ap.add_argument("--sqlite-path", default="/tmp/selfplay-bench/store_scale.db")
     ap.add_argument("--skip-fill", action="store_true", help="Reuse the store already there.")
     ap.add_argument("--fill-only", action="store_true", help="Fill the store, measure nothing.")
+    ap.add_argument("--no-export", action="store_true", help="Skip the Parquet exports.")
     args = ap.parse_args()
 
     if args.backend == "sqlite":
@@ -299,6 +301,8 @@ def main() -> None:
     print("|---|---|---|")
     for label, cold, warm in measure(url, args.rounds):
         print(f"| {label} | {cold:.0f} | {warm:.1f} |", flush=True)
+    if args.no_export:
+        return
     for label, extra in [
         (
             f"export parquet, one round ({args.pairs // args.rounds} pairs)",

@@ -250,12 +250,17 @@ class PairFilter:
 
 
 def _filtered(session: Session, stmt: Select, f: PairFilter) -> Select:
+    prompts = select(Prompt.id)
     if f.run is not None:
         run = get_run(session, f.run)
         if f.round is not None:
-            stmt = stmt.where(Pair.round_id == get_round(session, run.id, f.round).id)
+            round_id = get_round(session, run.id, f.round).id
+            stmt = stmt.where(Pair.round_id == round_id)
+            prompts = prompts.where(Prompt.round_id == round_id)
         else:
-            stmt = stmt.where(Pair.round_id.in_(select(Round.id).where(Round.run_id == run.id)))
+            run_rounds = select(Round.id).where(Round.run_id == run.id)
+            stmt = stmt.where(Pair.round_id.in_(run_rounds))
+            prompts = prompts.where(Prompt.round_id.in_(run_rounds))
     if f.judge is not None:
         stmt = stmt.where(
             select(Judgment.id)
@@ -265,10 +270,9 @@ def _filtered(session: Session, stmt: Select, f: PairFilter) -> Select:
     if f.min_margin is not None:
         stmt = stmt.where(Pair.margin >= f.min_margin)
     if f.search is not None:
+        # One scan of the (run's, round's) prompts, whatever the term: no text index.
         pattern = "%" + f.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        stmt = stmt.where(
-            Pair.prompt_id.in_(select(Prompt.id).where(Prompt.text.like(pattern, escape="\\")))
-        )
+        stmt = stmt.where(Pair.prompt_id.in_(prompts.where(Prompt.text.like(pattern, escape="\\"))))
     return stmt
 
 

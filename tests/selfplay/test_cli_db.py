@@ -58,6 +58,8 @@ def test_pairs_filters_and_keyset_pages(seeded_url):
     assert len(ids("--run", "demo", "--round", "1")) == 6
     assert len(ids("--min-margin", "0.5")) == 6
     assert len(ids("--search", "<script>")) == 4
+    assert len(ids("--run", "demo", "--round", "1", "--search", "<script>")) == 2
+    assert len(ids("--run", "demo", "--search", "Q:11")) == 2
     assert len(ids("--search", "100%")) == 0  # `%` is literal, not a wildcard
     assert len(ids("--judge", "llm")) == 12 and ids("--judge", "nobody") == []
     table = invoke("db", "pairs", "--db", seeded_url, "--limit", "2")
