@@ -23,7 +23,10 @@ from selfplay.cli import DbOption, _db_url, _fail, app, db_app, out
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 RunOption = Annotated[str | None, typer.Option("--run", help="Run name.")]
-RoundOption = Annotated[int | None, typer.Option("--round", help="Round index (needs --run).")]
+MAX_ID = 2**63 - 1  # beyond this an id overflows the database's INTEGER
+RoundOption = Annotated[
+    int | None, typer.Option("--round", min=0, max=MAX_ID, help="Round index (needs --run).")
+]
 JudgeOption = Annotated[
     str | None, typer.Option("--judge", help="Only pairs whose chosen response this judge scored.")
 ]
@@ -46,7 +49,7 @@ def _session(db: str | None) -> Iterator[Session]:
     try:
         engine = make_engine(url)
         has_store = inspect(engine).has_table("runs")
-    except (ArgumentError, OperationalError) as e:
+    except (ArgumentError, OperationalError, ImportError) as e:
         raise _fail(f"cannot open store {url}: {e.__class__.__name__}: {e}", 1) from None
     if not has_store:
         engine.dispose()
@@ -175,7 +178,10 @@ def db_pairs(
     search: SearchOption = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many pairs (≤ 500).")] = 20,
     after: Annotated[
-        int, typer.Option("--after", help="Start after this pair id (keyset pagination).")
+        int,
+        typer.Option(
+            "--after", min=0, max=MAX_ID, help="Start after this pair id (keyset pagination)."
+        ),
     ] = 0,
     as_json: JsonOption = False,
 ) -> None:
@@ -217,7 +223,7 @@ def _clip(text: str, n: int = 40) -> str:
 
 @db_app.command("show")
 def db_show(
-    pair_id: Annotated[int, typer.Argument(help="Pair id.")],
+    pair_id: Annotated[int, typer.Argument(min=1, max=MAX_ID, help="Pair id.")],
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -88,7 +88,6 @@ def test_bad_input_is_a_clear_error_without_traceback(seeded_url, tmp_path):
         (("db", "pairs", "--db", seeded_url, "--round", "1"), "needs a run"),
         (("db", "pairs", "--db", seeded_url, "--run", "demo", "--round", "7"), "has no round 7"),
         (("db", "pairs", "--db", seeded_url, "--limit", "0"), "limit: must be between"),
-        (("db", "pairs", "--db", seeded_url, "--after", "-3"), "after: must be"),
         (("db", "pairs", "--db", seeded_url, "--search", "  "), "search: must not be blank"),
         (("db", "stats", "--db", seeded_url, "--run", "nope"), "no run named 'nope'"),
         (("db", "export", str(tmp_path / "x"), "--db", seeded_url, "--format", "csv"), "--format"),
@@ -99,6 +98,16 @@ def test_bad_input_is_a_clear_error_without_traceback(seeded_url, tmp_path):
         result = invoke(*args)
         assert result.exit_code == 1, (args, result.output)
         assert message in result.output, (args, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit), args
+    # Out-of-range ids and indexes are usage errors (exit 2), before any query.
+    for args in [
+        ("db", "show", "99999999999999999999", "--db", seeded_url),
+        ("db", "pairs", "--db", seeded_url, "--after", "99999999999999999999"),
+        ("db", "pairs", "--db", seeded_url, "--after", "-3"),
+        ("db", "pairs", "--db", seeded_url, "--run", "demo", "--round", "-1"),
+    ]:
+        result = invoke(*args)
+        assert result.exit_code == 2, (args, result.output)
         assert result.exception is None or isinstance(result.exception, SystemExit), args
 
 
