@@ -61,7 +61,10 @@ def line_chart(
             f'<text x="{LEFT - 4}" y="{py(t) + 4:.1f}" text-anchor="end" class="tick">{_label(t)}</text>'
             f'<line x1="{LEFT}" y1="{py(t):.1f}" x2="{LEFT + pw}" y2="{py(t):.1f}" class="grid"/>'
         )
-    for t in sorted({x_lo, x_hi, *(_ticks(x_lo, x_hi) if len(xs) > 5 else xs)}):
+    x_ticks = _ticks(x_lo, x_hi) if len(xs) > 5 else list(xs)
+    if all(float(x).is_integer() for x in xs):  # rounds and steps: integer ticks
+        x_ticks = [round(t) for t in x_ticks]
+    for t in sorted({x_lo, x_hi, *x_ticks}):
         parts.append(
             f'<text x="{px(t):.1f}" y="{TOP + ph + 14}" text-anchor="middle" class="tick">'
             f"{_label(t)}</text>"

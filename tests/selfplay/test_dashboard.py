@@ -105,3 +105,13 @@ def test_done_rounds_figures_are_computed_once(seeded_url):
         assert len(app.state.cache) == 0
         assert c.get("/runs/1").status_code == 200
         assert len(app.state.cache) == 2
+
+
+def test_line_chart_skips_missing_points_and_says_when_empty():
+    from selfplay.dashboard.svg import line_chart
+
+    svg = str(line_chart("acc", [0, 1, 2, 3, 4, 5, 6], {"a": [0.1, None, 0.3, 0.4, 0.5, 0.6, 0.7]}))
+    assert svg.count("<circle") == 6
+    assert re.findall(r'class="tick">([^<]*)<', svg)[5:10] == ["0", "2", "3", "4", "6"]
+    assert "no data" in str(line_chart("acc", [0, 1], {"a": [None, None]}))
+    assert "&lt;b&gt;" in str(line_chart("<b>", [0], {"a": [1.0]}))
