@@ -111,6 +111,7 @@ class Response(Base):
         UniqueConstraint(
             "round_id", "prompt_id", "sample_index", name="uq_responses_round_prompt_sample"
         ),
+        Index("ix_responses_round_id_num_tokens", "round_id", "num_tokens"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -153,6 +154,7 @@ class Pair(Base):
     __tablename__ = "pairs"
     __table_args__ = (
         UniqueConstraint("round_id", "chosen_id", "rejected_id", name="uq_pairs_round_pair"),
+        Index("ix_pairs_round_id_id", "round_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

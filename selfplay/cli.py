@@ -130,3 +130,7 @@ def db_upgrade(db: DbOption = None) -> None:
     upgrade(engine)
     out.print(f"store {_db_url(db)} at revision {current_revision(engine)}")
     engine.dispose()
+
+
+# Registers `db stats|rounds|pairs|show|export` and `dashboard` on the apps above.
+import selfplay.cli_db  # noqa: E402, F401

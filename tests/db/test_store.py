@@ -63,7 +63,7 @@ def _seed(sessions) -> dict[str, int]:
 def test_upgrade_creates_schema_and_is_idempotent(engine):
     assert TABLES <= set(inspect(engine).get_table_names())
     upgrade(engine)  # a second upgrade is a no-op
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
 
 
 def test_every_foreign_key_is_indexed(engine):

@@ -13,7 +13,7 @@ runner = CliRunner()
 
 def test_db_upgrade_then_status_shows_rounds(db_url):
     result = runner.invoke(app, ["db", "upgrade", "--db", db_url])
-    assert result.exit_code == 0 and "revision 0002" in result.output
+    assert result.exit_code == 0 and "revision 0003" in result.output
     engine = make_engine(db_url)
     with transaction(session_factory(engine)) as s:
         run = Run(name="demo", config={})

@@ -1,0 +1,334 @@
+"""`selfplay db stats|rounds|pairs|show|export` and `selfplay dashboard`: inspect the store.
+
+Registered onto the `selfplay` app by importing this module (selfplay/cli.py does). Rich tables
+for people, `--json` for scripts; a bad filter or an unknown id exits 1 naming it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import Session
+
+from db.inspect import InspectError, PairFilter
+from selfplay.cli import DbOption, _db_url, _fail, app, db_app, out
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+RunOption = Annotated[str | None, typer.Option("--run", help="Run name.")]
+MAX_ID = 2**63 - 1  # beyond this an id overflows the database's INTEGER
+RoundOption = Annotated[
+    int | None, typer.Option("--round", min=0, max=MAX_ID, help="Round index (needs --run).")
+]
+JudgeOption = Annotated[
+    str | None, typer.Option("--judge", help="Only pairs whose chosen response this judge scored.")
+]
+MarginOption = Annotated[
+    float | None, typer.Option("--min-margin", help="Only pairs with margin ≥ this.")
+]
+SearchOption = Annotated[
+    str | None, typer.Option("--search", help="Only pairs whose prompt contains this text.")
+]
+
+
+@contextmanager
+def _session(db: str | None) -> Iterator[Session]:
+    """A read-only session on the store, or a clean exit 1 when there is none or a filter is bad."""
+    from sqlalchemy import inspect
+
+    from db.engine import make_engine
+
+    url = _db_url(db)
+    try:
+        engine = make_engine(url)
+        has_store = inspect(engine).has_table("runs")
+    except (ArgumentError, OperationalError, ImportError) as e:
+        raise _fail(f"cannot open store {url}: {e.__class__.__name__}: {e}", 1) from None
+    if not has_store:
+        engine.dispose()
+        raise _fail(f"no selfplay store at {url} (run `selfplay run` first)", 1)
+    try:
+        with Session(bind=engine) as s:
+            yield s
+    except InspectError as e:
+        raise _fail(str(e), 1) from None
+    finally:
+        engine.dispose()
+
+
+def _filter(
+    run: str | None, round_: int | None, judge: str | None, margin: float | None, search: str | None
+) -> PairFilter:
+    try:
+        return PairFilter(run=run, round=round_, judge=judge, min_margin=margin, search=search)
+    except InspectError as e:
+        raise _fail(str(e), 1) from None
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+@db_app.command("stats")
+def db_stats(
+    db: DbOption = None,
+    run: RunOption = None,
+    round_: RoundOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Per run and round: prompts, responses, judgments by status, pairs, accuracy, scores, lengths."""
+    from db import inspect as q
+
+    with _session(db) as s:
+        if round_ is not None and run is None:
+            raise InspectError("round: a round index needs a run (--run NAME)")
+        runs = q.select_runs(s, run)
+        stats = []
+        for r in runs:
+            rounds = [q.get_round(s, r.id, round_)] if round_ is not None else q.run_rounds(s, r)
+            stats.extend(q.round_stats(s, r, rnd) for rnd in rounds)
+    if as_json:
+        _print_json([st.to_dict() for st in stats])
+        return
+    # One column per round (8 to a table), one row per figure: narrow enough for a terminal.
+    for run_name in dict.fromkeys(st.run for st in stats):
+        rows = [st for st in stats if st.run == run_name]
+        for i in range(0, len(rows), 8):
+            out.print(_stats_table(run_name, rows[i : i + 8]), highlight=False)
+
+
+def _stats_table(run_name: str, stats: list[Any]) -> Table:
+    table = Table(title=f"run {run_name}")
+    table.add_column("round")
+    for st in stats:
+        table.add_column(str(st.index), justify="right")
+    figures = [
+        ("status", lambda st: st.status),
+        ("prompts", lambda st: str(st.prompts)),
+        ("responses", lambda st: str(st.responses)),
+        ("mean tokens", lambda st: _fmt(st.mean_response_tokens, 1)),
+        ("judgments", lambda st: " ".join(f"{k}:{v}" for k, v in sorted(st.judgments.items()))),
+        ("mean score", lambda st: _fmt(st.mean_score)),
+        ("pairs", lambda st: str(st.pairs)),
+        ("chosen score", lambda st: _fmt(st.mean_chosen_score)),
+        ("rejected score", lambda st: _fmt(st.mean_rejected_score)),
+        ("margin", lambda st: _fmt(st.mean_margin)),
+        ("chosen tokens", lambda st: _fmt(st.mean_chosen_tokens, 1)),
+        ("rejected tokens", lambda st: _fmt(st.mean_rejected_tokens, 1)),
+        ("judge agreement", lambda st: _fmt(st.judge_agreement)),
+        ("reward margin", lambda st: _fmt(st.reward_margin)),
+        ("held-out acc", lambda st: _fmt(st.heldout_accuracy)),
+        ("wall time", lambda st: f"{st.wall_time_s:.1f}s"),
+    ]
+    for label, get in figures:
+        table.add_row(label, *(get(st) for st in stats))
+    return table
+
+
+@db_app.command("rounds")
+def db_rounds(db: DbOption = None, run: RunOption = None, as_json: JsonOption = False) -> None:
+    """Each run's rounds: status, responses, pairs, held-out accuracy, wall time."""
+    from db import inspect as q
+    from db import queries
+
+    with _session(db) as s:
+        runs = q.select_runs(s, run)
+        rows = [
+            {"run": r.name, **vars(summary)}
+            for r in runs
+            for summary in queries.round_summaries(s, r.id)
+        ]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="rounds")
+    for c in ("run", "round", "status", "responses", "pairs", "held-out acc", "wall time"):
+        table.add_column(c, justify="left" if c in ("run", "status") else "right")
+    for row in rows:
+        table.add_row(
+            row["run"],
+            str(row["index"]),
+            row["status"],
+            str(row["responses"]),
+            str(row["pairs"]),
+            _fmt(row["heldout_accuracy"]),
+            f"{row['wall_time_s']:.1f}s",
+        )
+    out.print(table)
+
+
+@db_app.command("pairs")
+def db_pairs(
+    db: DbOption = None,
+    run: RunOption = None,
+    round_: RoundOption = None,
+    judge: JudgeOption = None,
+    min_margin: MarginOption = None,
+    search: SearchOption = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many pairs (≤ 500).")] = 20,
+    after: Annotated[
+        int,
+        typer.Option(
+            "--after", min=0, max=MAX_ID, help="Start after this pair id (keyset pagination)."
+        ),
+    ] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Pairs matching the filters, in id order; `--after LAST_ID` gives the next page."""
+    from db import inspect as q
+
+    f = _filter(run, round_, judge, min_margin, search)
+    with _session(db) as s:
+        rows = q.list_pairs(s, f, after=after, limit=limit)
+    if as_json:
+        _print_json([r.to_dict() for r in rows])
+        return
+    table = Table(title=f"{len(rows)} pairs" + (f" after id {after}" if after else ""))
+    for c in ("id", "run", "round", "prompt", "chosen", "score", "rejected", "score ", "margin"):
+        table.add_column(
+            c, justify="right" if c.strip() in ("id", "round", "score", "margin") else "left"
+        )
+    for r in rows:
+        table.add_row(
+            str(r.id),
+            r.run,
+            str(r.round),
+            _clip(r.prompt),
+            _clip(r.chosen),
+            _fmt(r.chosen_score, 2),
+            _clip(r.rejected),
+            _fmt(r.rejected_score, 2),
+            _fmt(r.margin, 2),
+        )
+    out.print(table, highlight=False)
+    if rows and len(rows) == limit:
+        out.print(f"next page: --after {rows[-1].id}", highlight=False)
+
+
+def _clip(text: str, n: int = 40) -> str:
+    text = text.replace("\n", "⏎")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+@db_app.command("show")
+def db_show(
+    pair_id: Annotated[int, typer.Argument(min=1, max=MAX_ID, help="Pair id.")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A pair: prompt, both responses, all their judgments (critiques, traces), the checkpoint."""
+    from db import inspect as q
+
+    with _session(db) as s:
+        detail = q.pair_detail(s, pair_id)
+    if as_json:
+        _print_json(detail.to_dict())
+        return
+    p = detail.pair
+    out.print(
+        f"[bold]pair {p.id}[/]  run {p.run}  round {p.round}  margin {p.margin:.3f}  "
+        f"builder {p.builder}  weight {detail.weight}",
+        highlight=False,
+    )
+    out.print(f"[bold]prompt[/] ({p.prompt_id}): {p.prompt}", highlight=False, markup=True)
+    if detail.answer is not None:
+        out.print(f"[bold]reference answer[/]: {detail.answer}", highlight=False)
+    for label, resp in (("chosen", detail.chosen), ("rejected", detail.rejected)):
+        table = Table(title=f"{label}: response {resp.id}", show_header=False, title_justify="left")
+        table.add_column("field")
+        table.add_column("value", overflow="fold")
+        table.add_row("text", resp.text)
+        table.add_row("tokens", f"{resp.num_tokens} (finish: {resp.finish_reason})")
+        table.add_row("log-prob", f"{resp.logprob:.3f}")
+        table.add_row(
+            "checkpoint",
+            f"{resp.checkpoint_id} (round {resp.checkpoint_round}) {resp.checkpoint_path}",
+        )
+        for j in resp.judgments:
+            body = f"{j.status} score={_fmt(j.score)}"
+            if j.critique:
+                body += f"\ncritique: {j.critique}"
+            if j.trace:
+                body += f"\ntrace: {json.dumps(j.trace)}"
+            if j.error:
+                body += f"\nerror: {j.error}"
+            table.add_row(f"judge {j.judge}#{j.repeat}", body)
+        out.print(table, highlight=False)
+
+
+@db_app.command("export")
+def db_export(
+    path: Annotated[Path, typer.Argument(help="Output file (jsonl, parquet) or directory (hf).")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="jsonl | parquet | hf (a datasets directory).")
+    ] = "jsonl",
+    db: DbOption = None,
+    run: RunOption = None,
+    round_: RoundOption = None,
+    judge: JudgeOption = None,
+    min_margin: MarginOption = None,
+    search: SearchOption = None,
+) -> None:
+    """Export pairs as prompt/chosen/rejected (TRL DPOTrainer's format) with scores and ids."""
+    from selfplay.export import FORMATS, export_pairs
+
+    if fmt not in FORMATS:
+        raise _fail(f"--format: must be one of {', '.join(FORMATS)}, got {fmt!r}", 1)
+    f = _filter(run, round_, judge, min_margin, search)
+    try:
+        with _session(db) as s:
+            n = export_pairs(s, f, fmt, path)
+    except ImportError as e:
+        raise _fail(f"{fmt} export needs {e.name}: pip install 'selfplay[inspect]'", 1) from None
+    out.print(f"exported {n} pairs to {path} ({fmt})", highlight=False)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def dashboard(
+    db: DbOption = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port.")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="SELFPLAY_DASHBOARD_TOKEN",
+            help="Access token (required to bind a non-loopback address); "
+            "open /?token=… once, a cookie keeps it.",
+        ),
+    ] = None,
+) -> None:
+    """Serve the read-only web dashboard of a store (runs, rounds with plots, pairs)."""
+    if not _is_loopback(host) and not token:
+        raise _fail(f"--host {host} is not a loopback address: set --token to bind it", 2)
+    try:
+        import uvicorn
+
+        from selfplay.dashboard import create_app
+    except ImportError as e:
+        raise _fail(f"the dashboard needs {e.name}: pip install 'selfplay[inspect]'", 1) from None
+    url = _db_url(db)
+    with _session(db):
+        pass  # fail early, with a clear message, when there is no store
+    out.print(f"dashboard of {url} on http://{host}:{port}/", highlight=False)
+    uvicorn.run(create_app(url, token=token), host=host, port=port, log_level="warning")

@@ -1,0 +1,290 @@
+"""The read-only dashboard: FastAPI, server-rendered Jinja2 pages, inline SVG plots.
+
+Pages: `/` runs; `/runs/{id}` a run's rounds with plots; `/runs/{id}/rounds/{index}` one round
+(figures and training curves); `/pairs` the pair browser (filters, search, keyset pages);
+`/pairs/{id}` a pair side by side. Unknown ids give 404 pages and malformed parameters 400 pages.
+A done round never changes, so its aggregates are computed once (at startup, in a background
+thread) and kept; rounds still running are recomputed on each view.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from db import inspect as q
+from db.engine import make_engine
+from db.models import Round, RoundStatus, Run
+from selfplay.dashboard.svg import line_chart
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+MAX_ID = 2**63 - 1  # a bigger integer would overflow the database's INTEGER
+COOKIE = "selfplay_token"
+
+Id = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+
+
+class StatsCache:
+    """Aggregates of done rounds (immutable), by round id; other rounds are computed per view."""
+
+    def __init__(self) -> None:
+        self._done: dict[int, q.RoundStats] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def get(self, s: Session, run: Run, rnd: Round) -> q.RoundStats:
+        with self._lock:
+            hit = self._done.get(rnd.id)
+        if hit is not None:
+            return hit
+        st = q.round_stats(s, run, rnd)
+        if rnd.status == RoundStatus.DONE:
+            with self._lock:
+                self._done[rnd.id] = st
+        return st
+
+    def warm(self, sessions: Callable[[], Session]) -> None:
+        """Compute every done round's aggregates (run once, in a background thread)."""
+        with sessions() as s:
+            for run in q.select_runs(s):
+                for rnd in q.run_rounds(s, run):
+                    self.get(s, run, rnd)
+
+
+def create_app(db_url: str, token: str | None = None, warm: bool = True) -> FastAPI:
+    """The dashboard of the store at `db_url`; with `token`, every page requires it."""
+    engine = make_engine(db_url)
+    cache = StatsCache()
+
+    def sessions() -> Session:
+        return Session(bind=engine)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if warm:
+            threading.Thread(target=cache.warm, args=(sessions,), daemon=True).start()
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="selfplay dashboard", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.cache = cache
+
+    def page(request: Request, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        return TEMPLATES.TemplateResponse(
+            request, template, {"db_url": _redact(db_url), **ctx}, status_code=status
+        )
+
+    def error(request: Request, status: int, message: str) -> HTMLResponse:
+        return page(request, "error.html", status=status, status_code=status, message=message)
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next: Callable) -> Response:
+        if token is None:
+            return await call_next(request)
+        given = request.query_params.get("token") or request.cookies.get(COOKIE) or ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return error(request, 401, "this dashboard needs its access token: open /?token=…")
+        response = await call_next(request)
+        if request.query_params.get("token"):
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> HTMLResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
+            for e in exc.errors()
+        )
+        return error(request, 400, f"bad request: {problems}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> HTMLResponse:
+        return error(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(q.NotFound)
+    async def not_found(request: Request, exc: q.NotFound) -> HTMLResponse:
+        return error(request, 404, str(exc))
+
+    @app.exception_handler(q.InspectError)
+    async def bad_filter(request: Request, exc: q.InspectError) -> HTMLResponse:
+        return error(request, 400, str(exc))
+
+    @app.get("/", response_class=HTMLResponse)
+    def runs_page(request: Request) -> HTMLResponse:
+        with sessions() as s:
+            runs = q.list_runs(s)
+        return page(request, "runs.html", runs=runs)
+
+    @app.get("/runs/{run_id}", response_class=HTMLResponse)
+    def run_page(request: Request, run_id: Id) -> HTMLResponse:
+        with sessions() as s:
+            run = q.get_run_by_id(s, run_id)
+            stats = [cache.get(s, run, rnd) for rnd in q.run_rounds(s, run)]
+            initial = q.get_initial_accuracy(s, run.id)
+            name = run.name
+        return page(
+            request,
+            "run.html",
+            run_id=run_id,
+            name=name,
+            stats=stats,
+            initial=initial,
+            plots=_run_plots(stats, initial),
+        )
+
+    @app.get("/runs/{run_id}/rounds/{index}", response_class=HTMLResponse)
+    def round_page(
+        request: Request, run_id: Id, index: Annotated[int, PathParam(ge=0, le=MAX_ID)]
+    ) -> HTMLResponse:
+        with sessions() as s:
+            run = q.get_run_by_id(s, run_id)
+            rnd = q.get_round(s, run.id, index)
+            st = cache.get(s, run, rnd)
+            train = q.round_metrics(s, run.id, index, "train")
+            name, error_text = run.name, rnd.error
+        plots = []
+        for metric in ("loss", "reward_margin", "preference_accuracy"):
+            if metric in train:
+                steps = [step for step, _ in train[metric]]
+                plots.append(
+                    line_chart(
+                        f"training {metric}",
+                        steps,
+                        {metric: [v for _, v in train[metric]]},
+                        x_label="step",
+                    )
+                )
+        return page(
+            request,
+            "round.html",
+            run_id=run_id,
+            name=name,
+            st=st,
+            error_text=error_text,
+            plots=plots,
+        )
+
+    @app.get("/pairs", response_class=HTMLResponse)
+    def pairs_page(
+        request: Request,
+        run: Annotated[str | None, Query(max_length=200)] = None,
+        round: Annotated[str | None, Query(max_length=30)] = None,
+        judge: Annotated[str | None, Query(max_length=100)] = None,
+        min_margin: Annotated[str | None, Query(max_length=30)] = None,
+        search: Annotated[str | None, Query(max_length=200)] = None,
+        after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    ) -> HTMLResponse:
+        # The filter form submits empty fields: an empty value means no filter.
+        round = _parse(round, int, "round", lambda v: 0 <= v <= MAX_ID)
+        min_margin = _parse(min_margin, float, "min_margin", math.isfinite)
+        f = q.PairFilter(
+            run=run or None,
+            round=round,
+            judge=judge or None,
+            min_margin=min_margin,
+            search=search or None,
+        )
+        with sessions() as s:
+            rows = q.list_pairs(s, f, after=after, limit=limit)
+        if after and not rows:
+            raise q.NotFound(f"no pairs after id {after} match these filters")
+        params = {
+            k: v
+            for k, v in (
+                ("run", run),
+                ("round", round),
+                ("judge", judge),
+                ("min_margin", min_margin),
+                ("search", search),
+                ("limit", limit if limit != 50 else None),
+            )
+            if v not in (None, "")
+        }
+        next_after = rows[-1].id if len(rows) == limit else None
+        return page(
+            request, "pairs.html", rows=rows, params=params, after=after, next_after=next_after
+        )
+
+    @app.get("/pairs/{pair_id}", response_class=HTMLResponse)
+    def pair_page(request: Request, pair_id: Id) -> HTMLResponse:
+        with sessions() as s:
+            detail = q.pair_detail(s, pair_id)
+            run_id = q.get_run(s, detail.pair.run).id
+        return page(request, "pair.html", d=detail, run_id=run_id)
+
+    return app
+
+
+def _parse(raw: str | None, kind: type, name: str, ok: Callable[[Any], bool]) -> Any:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not ok(value):
+        raise q.InspectError(f"{name}: not a valid {kind.__name__} here: {raw!r}")
+    return value
+
+
+def _run_plots(stats: list[q.RoundStats], initial: float | None) -> list[Any]:
+    xs = [st.index for st in stats]
+    acc_xs, accs = xs, [st.heldout_accuracy for st in stats]
+    if initial is not None:
+        acc_xs, accs = [-1, *xs], [initial, *accs]
+    plots = [
+        line_chart("held-out accuracy (round -1: initial policy)", acc_xs, {"accuracy": accs}),
+        line_chart(
+            "mean judge score",
+            xs,
+            {
+                "all responses": [st.mean_score for st in stats],
+                "chosen": [st.mean_chosen_score for st in stats],
+                "rejected": [st.mean_rejected_score for st in stats],
+            },
+        ),
+        line_chart("pairs", xs, {"pairs": [float(st.pairs) for st in stats]}),
+        line_chart(
+            "chosen vs rejected length (tokens)",
+            xs,
+            {
+                "chosen": [st.mean_chosen_tokens for st in stats],
+                "rejected": [st.mean_rejected_tokens for st in stats],
+            },
+        ),
+        line_chart(
+            "margins",
+            xs,
+            {
+                "score margin": [st.mean_margin for st in stats],
+                "reward margin (train)": [st.reward_margin for st in stats],
+            },
+        ),
+    ]
+    if any(st.judge_agreement is not None for st in stats):
+        plots.append(
+            line_chart("judge agreement", xs, {"agreement": [st.judge_agreement for st in stats]})
+        )
+    return plots
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
