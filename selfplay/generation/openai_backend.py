@@ -89,7 +89,8 @@ class OpenAIBackend:
                 "selfplay starts and restarts the server itself"
             )
         else:
-            kind = "keep"  # the external server serves the one policy of this run
+            self._wait_ready(None)  # the external server serves the one policy of this run
+            kind = "keep"
         self.tokenizer = _local_tokenizer(path)
         self.checkpoint_dir = path
         self.last_load = (kind, time.perf_counter() - start)
