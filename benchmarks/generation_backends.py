@@ -28,9 +28,9 @@ SIZES = {
     "27M": TinyModelConfig(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1536),
 }
 # (model size, new tokens, prompts): K=8 everywhere; fewer prompts where a call is slower.
-CASES = [("0.86M", 8, 512), ("0.86M", 64, 128), ("27M", 8, 128), ("27M", 64, 32)]
+CASES = [("0.86M", 8, 256), ("0.86M", 64, 64), ("27M", 8, 64), ("27M", 64, 16)]
 K = 8
-REPEATS = 3
+REPEATS = 2
 
 
 def save_model(cfg: TinyModelConfig, seed: int, path: Path) -> str:
@@ -41,9 +41,9 @@ def save_model(cfg: TinyModelConfig, seed: int, path: Path) -> str:
     return str(path)
 
 
-def timed(fn: Callable[[], int]) -> tuple[float, int]:
+def timed(fn: Callable[..., int], *args: object) -> tuple[float, int]:
     start = time.perf_counter()
-    tokens = fn()
+    tokens = fn(*args)
     return time.perf_counter() - start, tokens
 
 
@@ -98,7 +98,9 @@ def main() -> None:
         for size in dict.fromkeys(c[0] for c in cases):
             a = save_model(SIZES[size], 0, Path(tmp) / f"{size}-a")
             b = save_model(SIZES[size], 1, Path(tmp) / f"{size}-b")
-            n_params = sum(p.numel() for p in build_model(SIZES[size], build_tokenizer()).parameters())
+            n_params = sum(
+                p.numel() for p in build_model(SIZES[size], build_tokenizer()).parameters()
+            )
             hf = HFBackend()
             hf.load(a)
             vl = VLLMBackend(EngineConfig(gpu_memory_utilization=0.1))
@@ -106,12 +108,11 @@ def main() -> None:
             # Warm up both engines (the first vLLM call compiles kernels).
             ours(vl, ["Q:1+1="], 8, 0)
             ours(hf, ["Q:1+1="], 8, 0)
-            # Per-round checkpoint load: the next round's weights, then back.
+            # Per-round checkpoint load: the next round's weights (generation then runs on them).
             for backend, name in ((hf, "hf"), (vl, "vllm")):
                 start = time.perf_counter()
                 backend.load(b)
                 loads.append((size, name, time.perf_counter() - start))
-                backend.load(a)
             ours(vl, ["Q:1+1="], 8, 0)
             for case_size, new, n_prompts in cases:
                 if case_size != size:
@@ -119,13 +120,13 @@ def main() -> None:
                 prompts = [p.text for p in ArithmeticTask(0, 500).train_prompts(0, n_prompts)]
                 runs: dict[str, list[float]] = {}
                 for rep in range(repeats):  # interleaved, so load changes hit all four alike
-                    for name, fn in (
-                        ("hf bare", lambda: bare_hf(hf.model, hf.tokenizer, prompts, new)),
-                        ("hf selfplay", lambda: ours(hf, prompts, new, rep)),
-                        ("vllm bare", lambda: bare_vllm(vl.llm, prompts, new, rep)),
-                        ("vllm selfplay", lambda: ours(vl, prompts, new, rep)),
+                    for name, fn, fn_args in (
+                        ("hf bare", bare_hf, (hf.model, hf.tokenizer, prompts, new)),
+                        ("hf selfplay", ours, (hf, prompts, new, rep)),
+                        ("vllm bare", bare_vllm, (vl.llm, prompts, new, rep)),
+                        ("vllm selfplay", ours, (vl, prompts, new, rep)),
                     ):
-                        seconds, tokens = timed(fn)
+                        seconds, tokens = timed(fn, *fn_args)
                         runs.setdefault(name, []).append(tokens / seconds)
                 best = {name: max(v) for name, v in runs.items()}
                 rows.append((size, n_params, new, n_prompts, best, runs))

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from db import queries
 from db.engine import make_engine, session_factory
-from db.models import Checkpoint, Response, Round
+from db.models import Checkpoint, Metric, Response, Round
 from selfplay.config import TaskConfig
 from selfplay.generation import HFBackend, SamplingParams
 from selfplay.tasks import make_task
@@ -21,6 +21,8 @@ pytestmark = pytest.mark.heavy
 CONFIG = {
     "run": {"name": "small", "seed": 0, "rounds": 1},
     "task": {"prompts_per_round": 64, "heldout_size": 100},
+    # A short SFT of its own (the default one takes minutes on a busy 2-core box).
+    "model": {"sft": {"steps": 400, "target_accuracy": 0.1}},
     "generation": {
         "backend": "vllm",
         "samples_per_prompt": 4,
@@ -32,15 +34,15 @@ CONFIG = {
 }
 
 
-def _hf_accuracy(path: str, task_cfg: TaskConfig) -> float:
+def _hf_eval(path: str, task_cfg: TaskConfig) -> tuple[float, float]:
+    """(held-out greedy accuracy, mean response tokens) of a checkpoint, by the hf backend."""
     task = make_task(task_cfg, 0)
     prompts = task.heldout_prompts()
     hf = HFBackend()
     hf.load(path)
-    outputs = hf.generate([p.text for p in prompts], SamplingParams(temperature=0))
-    return sum(task.verify(p, s.text)[0] for p, (s,) in zip(prompts, outputs, strict=True)) / len(
-        prompts
-    )
+    outputs = [s for (s,) in hf.generate([p.text for p in prompts], SamplingParams(temperature=0))]
+    correct = sum(task.verify(p, s.text)[0] for p, s in zip(prompts, outputs, strict=True))
+    return correct / len(prompts), sum(len(s.token_ids) for s in outputs) / len(prompts)
 
 
 def test_quickstart_round_with_the_vllm_backend(tmp_path):
@@ -66,14 +68,22 @@ def test_quickstart_round_with_the_vllm_backend(tmp_path):
         assert len(responses) == 64 * 4
         assert all(r.logprob < 0 and r.num_tokens == len(r.token_ids) for r in responses)
         assert {r.finish_reason for r in responses} <= {"stop", "length"}
-        ckpts = {
-            c.round_index: c
+        stored = {
+            c.round_index: (c.path, c.heldout_accuracy)
             for c in s.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id))
         }
+        lengths = {
+            m.round_index: m.value
+            for m in s.scalars(
+                select(Metric).where(Metric.run_id == run_id, Metric.name == "heldout_mean_tokens")
+            )
+        }
     engine.dispose()
-    # vLLM evaluated both the SFT policy and the round's new checkpoint (loaded after training):
-    # greedy decoding equals hf's, so each stored accuracy is exactly what hf measures on it.
+    # vLLM evaluated the SFT policy, then the round's new checkpoint (loaded after training):
+    # its greedy decoding equals hf's, so each stored figure is exactly what hf measures on
+    # that checkpoint, and the two checkpoints answer differently.
     task_cfg = TaskConfig(prompts_per_round=64, heldout_size=100)
+    expected = {index: _hf_eval(stored[index][0], task_cfg) for index in (-1, 0)}
+    assert expected[-1] != expected[0]
     for index in (-1, 0):
-        assert ckpts[index].heldout_accuracy == _hf_accuracy(ckpts[index].path, task_cfg)
-    assert ckpts[0].heldout_accuracy != ckpts[-1].heldout_accuracy
+        assert (stored[index][1], lengths[index]) == expected[index]
