@@ -142,20 +142,27 @@ def generate_block(ctx: Context, round_id: int, block: int) -> int:
     return added
 
 
-def generate_round(ctx: Context, round_id: int) -> None:
-    """Generate the round's missing responses, block by block."""
+def missing_blocks(ctx: Context, round_id: int) -> dict[int, int]:
+    """Insert the round's prompts; return {block: responses it will add} for unfinished blocks."""
     ensure_prompts(ctx, round_id)
-    k = ctx.cfg.generation.samples_per_prompt
+    k, size = ctx.cfg.generation.samples_per_prompt, ctx.cfg.generation.prompts_per_batch
     with ctx.sessions() as s:
         missing = queries.prompts_missing_responses(s, round_id, k)
-    blocks = sorted({p.index // ctx.cfg.generation.prompts_per_batch for p in missing})
+    blocks: dict[int, int] = {}
+    for p in missing:
+        blocks[p.index // size] = blocks.get(p.index // size, 0) + k
+    return dict(sorted(blocks.items()))
+
+
+def generate_round(ctx: Context, round_id: int) -> None:
+    """Generate the round's missing responses, block by block."""
+    blocks = missing_blocks(ctx, round_id)
     if not blocks:
         return
-    size = ctx.cfg.generation.prompts_per_batch
-    with ctx.reporter.bar("generating", len(missing) * k) as advance:
-        for block in blocks:
+    with ctx.reporter.bar("generating", sum(blocks.values())) as advance:
+        for block, responses in blocks.items():
             generate_block(ctx, round_id, block)
-            advance(sum(1 for p in missing if p.index // size == block) * k)
+            advance(responses)
 
 
 # -- judge --------------------------------------------------------------------------------
@@ -186,15 +193,34 @@ def judge_responses(ctx: Context, pairs: list[tuple[Response, Prompt]]) -> None:
     commit_point("judging")
 
 
-def judge_round(ctx: Context, round_id: int) -> None:
-    """Judge every response of the round that has no judgment yet."""
+def missing_judgments(ctx: Context, round_id: int) -> list[list[tuple[Response, Prompt]]]:
+    """The round's responses without a judgment, in chunks of one commit each."""
     with ctx.sessions() as s:
         todo = queries.responses_missing_judgment(s, round_id, ctx.judge.name)
-    # One judge chunk per generation block's worth of responses: each chunk is one commit.
+    # One judge chunk per generation block's worth of responses.
     size = ctx.cfg.generation.prompts_per_batch * ctx.cfg.generation.samples_per_prompt
-    with ctx.reporter.bar("judging", len(todo)) as advance:
-        for i in range(0, len(todo), size):
-            chunk = todo[i : i + size]
+    return [todo[i : i + size] for i in range(0, len(todo), size)]
+
+
+def judge_response_ids(ctx: Context, round_id: int, response_ids: list[int]) -> int:
+    """Judge those of these responses that have no judgment yet; returns how many were judged.
+
+    A chunk delivered twice judges nothing the second time.
+    """
+    wanted = set(response_ids)
+    with ctx.sessions() as s:
+        todo = queries.responses_missing_judgment(s, round_id, ctx.judge.name)
+    todo = [(r, p) for r, p in todo if r.id in wanted]
+    if todo:
+        judge_responses(ctx, todo)
+    return len(todo)
+
+
+def judge_round(ctx: Context, round_id: int) -> None:
+    """Judge every response of the round that has no judgment yet."""
+    chunks = missing_judgments(ctx, round_id)
+    with ctx.reporter.bar("judging", sum(len(c) for c in chunks)) as advance:
+        for chunk in chunks:
             judge_responses(ctx, chunk)
             advance(len(chunk))
 
