@@ -1,6 +1,7 @@
 """One quickstart round distributed (Celery, Redis, PostgreSQL, workers here) vs embedded.
 
     python benchmarks/distributed_round.py [--config configs/quickstart.yaml] [--pings 200]
+        [--sft-steps N]
 
 Same config, seed and sizes for both: the embedded run on SQLite in-process, then the same
 round with one worker per queue (generate, judge, train) as subprocesses on this machine, the
@@ -51,10 +52,15 @@ def main() -> None:
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--pings", type=int, default=200)
+    parser.add_argument(
+        "--sft-steps", type=int, help="Cap the initial SFT (cheaper; the round's sizes stay)."
+    )
     args = parser.parse_args()
 
     base = yaml.safe_load(Path(args.config).read_text())
     base["run"]["rounds"] = 1
+    if args.sft_steps is not None:
+        base.setdefault("model", {})["sft"] = {"steps": args.sft_steps, "target_accuracy": None}
     work = Path(tempfile.mkdtemp(prefix="bench-dist-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SELFPLAY_")}
     if "SELFPLAY_CACHE_DIR" in os.environ:

@@ -70,7 +70,6 @@ def make_app(cfg: ExecutorConfig, db_url: str | None = None) -> Celery:
             "interval_max": 2,
         },
         result_expires=7 * 24 * 3600,
-        worker_hijack_root_logger=False,
         selfplay_db_url=db_url,
     )
     register_tasks(app, cfg)
