@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from celery import Celery, Task
 
@@ -26,6 +27,8 @@ from selfplay.stages import (
     train_round,
 )
 from selfplay.tasks import make_task
+
+T = TypeVar("T")
 
 # One context per (store, run) in each worker process: its generation engine stays loaded
 # between tasks and reloads weights only when a task's round names another checkpoint.
@@ -54,7 +57,7 @@ def worker_context(db_url: str, run_id: int) -> Context:
     return _contexts[key]
 
 
-def _timed(ctx: Context, round_id: int, name: str, step: int, work: Callable[[], object]) -> object:
+def _timed(ctx: Context, round_id: int, name: str, step: int, work: Callable[[], T]) -> T:
     start = time.perf_counter()
     result = work()
     seconds = time.perf_counter() - start
