@@ -1,7 +1,7 @@
 """One quickstart round distributed (Celery, Redis, PostgreSQL, workers here) vs embedded.
 
     python benchmarks/distributed_round.py [--config configs/quickstart.yaml] [--pings 200]
-        [--sft-steps N]
+        [--sft-steps N] [--pings-only]
 
 Same config, seed and sizes for both: the embedded run on SQLite in-process, then the same
 round with one worker per queue (generate, judge, train) as subprocesses on this machine, the
@@ -55,6 +55,9 @@ def main() -> None:
     parser.add_argument(
         "--sft-steps", type=int, help="Cap the initial SFT (cheaper; the round's sizes stay)."
     )
+    parser.add_argument(
+        "--pings-only", action="store_true", help="Only the dispatch overhead (one judge worker)."
+    )
     args = parser.parse_args()
 
     base = yaml.safe_load(Path(args.config).read_text())
@@ -66,10 +69,14 @@ def main() -> None:
     if "SELFPLAY_CACHE_DIR" in os.environ:
         env["SELFPLAY_CACHE_DIR"] = os.environ["SELFPLAY_CACHE_DIR"]
 
-    embedded = dict(base, run=dict(base["run"], name="bench-embedded", output_dir=str(work / "e")))
-    (work / "embedded.yaml").write_text(yaml.safe_dump(embedded))
-    selfplay("run", str(work / "embedded.yaml"), env=env)
-    t_embedded = round_wall_time(f"sqlite:///{work / 'e' / 'selfplay.db'}", "bench-embedded")
+    t_embedded = None
+    if not args.pings_only:
+        embedded = dict(
+            base, run=dict(base["run"], name="bench-embedded", output_dir=str(work / "e"))
+        )
+        (work / "embedded.yaml").write_text(yaml.safe_dump(embedded))
+        selfplay("run", str(work / "embedded.yaml"), env=env)
+        t_embedded = round_wall_time(f"sqlite:///{work / 'e' / 'selfplay.db'}", "bench-embedded")
 
     schema, prefix = f"bench_{uuid.uuid4().hex[:8]}", f"bench-{uuid.uuid4().hex[:8]}:"
     admin = create_engine(args.pg_url)
@@ -81,6 +88,7 @@ def main() -> None:
     dist["executor"] = {"broker_url": args.redis_url, "key_prefix": prefix}
     config = work / "distributed.yaml"
     config.write_text(yaml.safe_dump(dist))
+    queues = ("judge",) if args.pings_only else ("generate", "judge", "train")
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "selfplay", "worker", str(config), "--queues", q],
@@ -89,11 +97,12 @@ def main() -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        for q in ("generate", "judge", "train")
+        for q in queues
     ]
     try:
-        selfplay("run", str(config), env=env)
-        t_distributed = round_wall_time(store, "bench-distributed")
+        if t_embedded is not None:
+            selfplay("run", str(config), env=env)
+            t_distributed = round_wall_time(store, "bench-distributed")
         pings = ping_round_trips(dist, args.pings)
     finally:
         for w in workers:
@@ -108,13 +117,14 @@ def main() -> None:
         if keys:
             client.delete(*keys)
 
-    print(f"\nconfig {args.config}, 1 round, seed {base['run']['seed']}\n")
-    print("| mode | round wall time | ratio |\n|---|---|---|")
-    print(f"| embedded (SQLite, in-process) | {t_embedded:.1f} s | 1.00× |")
-    print(
-        f"| distributed (Celery, Redis, PostgreSQL) | {t_distributed:.1f} s "
-        f"| {t_distributed / t_embedded:.2f}× |"
-    )
+    if t_embedded is not None:
+        print(f"\nconfig {args.config}, 1 round, seed {base['run']['seed']}\n")
+        print("| mode | round wall time | ratio |\n|---|---|---|")
+        print(f"| embedded (SQLite, in-process) | {t_embedded:.1f} s | 1.00× |")
+        print(
+            f"| distributed (Celery, Redis, PostgreSQL) | {t_distributed:.1f} s "
+            f"| {t_distributed / t_embedded:.2f}× |"
+        )
     print(
         f"\nempty task round trip ({len(pings)} sequential): median "
         f"{statistics.median(pings):.1f} ms, p90 {statistics.quantiles(pings, n=10)[-1]:.1f} ms"
