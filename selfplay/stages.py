@@ -207,10 +207,10 @@ def judge_response_ids(ctx: Context, round_id: int, response_ids: list[int]) -> 
 
     A chunk delivered twice judges nothing the second time.
     """
-    wanted = set(response_ids)
     with ctx.sessions() as s:
-        todo = queries.responses_missing_judgment(s, round_id, ctx.judge.name)
-    todo = [(r, p) for r, p in todo if r.id in wanted]
+        todo = queries.responses_missing_judgment(
+            s, round_id, ctx.judge.name, response_ids=response_ids
+        )
     if todo:
         judge_responses(ctx, todo)
     return len(todo)
