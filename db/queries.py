@@ -97,9 +97,13 @@ def prompts_missing_responses(
 
 
 def responses_missing_judgment(
-    session: Session, round_id: int, judge: str, repeat: int = 0
+    session: Session,
+    round_id: int,
+    judge: str,
+    repeat: int = 0,
+    response_ids: Sequence[int] | None = None,
 ) -> list[tuple[Response, Prompt]]:
-    """Responses of a round without a judgment by `judge` (this repeat), with their prompts."""
+    """Responses of a round (or only these of it) without a judgment by `judge`, with prompts."""
     judged = select(Judgment.id).where(
         Judgment.response_id == Response.id, Judgment.judge == judge, Judgment.repeat == repeat
     )
@@ -109,6 +113,8 @@ def responses_missing_judgment(
         .where(Response.round_id == round_id, ~judged.exists())
         .order_by(Response.id)
     )
+    if response_ids is not None:
+        stmt = stmt.where(Response.id.in_(response_ids))
     return [(r, p) for r, p in session.execute(stmt)]
 
 

@@ -112,6 +112,27 @@ def status(
     engine.dispose()
 
 
+@app.command()
+def worker(
+    config: Annotated[Path, typer.Argument(help="YAML config (executor and store sections).")],
+    queues: Annotated[
+        str, typer.Option("--queues", help="Comma-separated: generate, judge, train.")
+    ] = "generate,judge,train",
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Processes.")] = 1,
+) -> None:
+    """Start a Celery worker that runs the loop's tasks from these queues."""
+    try:
+        from workers.worker import parse_queues, start_worker
+
+        _quiet_transformers()
+        start_worker(load_config(config), parse_queues(queues), concurrency)
+    except ConfigError as e:
+        raise _fail(str(e), 2) from None
+    except ImportError as e:
+        hint = "install the distributed extra: pip install 'selfplay[distributed]'"
+        raise _fail(f"{e}; {hint}", 2) from None
+
+
 def _quiet_transformers() -> None:
     """Our own progress bars are enough: hide transformers' per-load and per-save bars."""
     from transformers.utils import logging as hf_logging

@@ -296,6 +296,30 @@ class EvaluationConfig(_Strict):
     batch_size: int = Field(500, ge=1, description="Prompts per greedy evaluation batch.")
 
 
+class ExecutorConfig(_Strict):
+    broker_url: str | None = Field(
+        None,
+        description="Celery broker (redis://host:6379/0); unset: run every stage in-process. "
+        "Env: SELFPLAY_BROKER_URL.",
+    )
+    result_backend: str | None = Field(
+        None,
+        description="Celery result backend; default: the broker. Env: SELFPLAY_RESULT_BACKEND.",
+    )
+    key_prefix: str = Field(
+        "", description="Prefix on every Redis key, so several deployments can share one Redis."
+    )
+    visibility_timeout_s: int = Field(
+        3600,
+        ge=1,
+        description="Seconds before an unacknowledged task is redelivered: longer than the "
+        "longest task (a round's training).",
+    )
+    max_retries: int = Field(3, ge=0, description="Retries of a failing task (with backoff).")
+    retry_backoff_max_s: int = Field(60, ge=1, description="Longest wait between two retries.")
+    poll_interval_s: float = Field(0.5, gt=0, description="How often the driver polls results.")
+
+
 class SelfplayConfig(_Strict):
     run: RunConfig = Field(default_factory=RunConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -307,6 +331,7 @@ class SelfplayConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     algorithm: AlgorithmName | None = Field(
         None,
         description="A round procedure preset (ALGORITHM_PRESETS): fills the loss, pair builder, "
@@ -332,6 +357,11 @@ class SelfplayConfig(_Strict):
             raise ValueError(
                 "generation.reference_samples must be >= 1 for the xpo builder "
                 "(it pairs policy samples with reference samples)"
+            )
+        if self.executor.broker_url and not self.run.output_dir.is_absolute():
+            raise ValueError(
+                "run.output_dir must be an absolute path (a directory every worker mounts) "
+                "when executor.broker_url is set"
             )
         return self
 
@@ -417,6 +447,8 @@ class ConfigError(ValueError):
 ENV_OVERRIDES = {
     "SELFPLAY_DB_URL": ("store", "url"),
     "SELFPLAY_CACHE_DIR": ("model", "cache_dir"),
+    "SELFPLAY_BROKER_URL": ("executor", "broker_url"),
+    "SELFPLAY_RESULT_BACKEND": ("executor", "result_backend"),
 }
 
 

@@ -20,15 +20,18 @@ from db import queries
 from db.engine import make_engine, session_factory, transaction
 from db.migrate import upgrade
 from db.models import Checkpoint, Round, RoundStatus, Run
-from selfplay.config import ConfigError, SelfplayConfig
+from selfplay.config import ConfigError, ExecutorConfig, SelfplayConfig
+from selfplay.executor import Executor, make_executor
 from selfplay.judges import make_judge
 from selfplay.progress import Reporter, SilentReporter, format_accuracy
 from selfplay.sft import prepare_policy
-from selfplay.stages import STAGE_FUNCTIONS, Context, evaluate_checkpoint
+from selfplay.stages import Context, evaluate_checkpoint
 from selfplay.tasks import make_task
 
 # Fields that may change between invocations of the same run without changing its data.
-_RESUMABLE_FIELDS = {("run", "rounds"), ("store", "url"), ("model", "cache_dir")}
+_RESUMABLE_FIELDS = {("run", "rounds"), ("store", "url"), ("model", "cache_dir")} | {
+    ("executor", key) for key in ExecutorConfig.model_fields
+}
 
 
 def _comparable(config: dict) -> dict:
@@ -152,7 +155,7 @@ def _add_wall_time(ctx: Context, round_id: int, seconds: float) -> None:
         s.get(Round, round_id).wall_time_s += seconds
 
 
-def run_round(ctx: Context, round_id: int) -> None:
+def run_round(ctx: Context, round_id: int, executor: Executor) -> None:
     """Run a round's remaining stages in order; a failure is stored on the round and re-raised."""
     with ctx.sessions() as s:
         status = s.get(Round, round_id).status
@@ -166,7 +169,7 @@ def run_round(ctx: Context, round_id: int) -> None:
         _set_status(ctx, round_id, stage)
         start = time.perf_counter()
         try:
-            STAGE_FUNCTIONS[stage](ctx, round_id)
+            executor.run_stage(ctx, stage, round_id)
         except BaseException as err:
             detail = "".join(traceback.format_exception(err))
             _add_wall_time(ctx, round_id, time.perf_counter() - start)
@@ -193,6 +196,7 @@ def run_loop(
         judge=make_judge(cfg.judge, task, cfg.run.seed),
         reporter=reporter,
     )
+    executor = make_executor(cfg.executor)
     initial = ensure_initial_checkpoint(ctx)
     accuracy = evaluate_checkpoint(ctx, initial, -1)
     reporter.line(f"initial policy: held-out accuracy {format_accuracy(accuracy)}")
@@ -207,7 +211,7 @@ def run_loop(
         with sessions() as s:
             already_done = s.get(Round, round_id).status == RoundStatus.DONE
         if not already_done:
-            run_round(ctx, round_id)
+            run_round(ctx, round_id, executor)
         with sessions() as s:
             (summary,) = queries.round_summaries(s, ctx.run_id, index)
         reporter.line(

@@ -158,21 +158,30 @@ def generate_block(ctx: Context, round_id: int, block: int, source: str = "polic
     return added
 
 
-def generate_round(ctx: Context, round_id: int) -> None:
-    """Generate the round's missing responses, block by block, policy samples first."""
+def missing_blocks(ctx: Context, round_id: int) -> dict[tuple[str, int], int]:
+    """Insert the round's prompts; return {(source, block): responses it will add} for the
+    unfinished blocks, the policy's samples first, then the reference's (XPO)."""
     ensure_prompts(ctx, round_id)
     size = ctx.cfg.generation.prompts_per_batch
+    blocks: dict[tuple[str, int], int] = {}
     for source, first, k in _sources(ctx):
         with ctx.sessions() as s:
             missing = queries.prompts_missing_responses(s, round_id, k, first)
-        blocks = sorted({p.index // size for p in missing})
-        if not blocks:
-            continue
-        label = "generating" if source == "policy" else "generating (reference samples)"
-        with ctx.reporter.bar(label, len(missing) * k) as advance:
-            for block in blocks:
-                generate_block(ctx, round_id, block, source)
-                advance(sum(1 for p in missing if p.index // size == block) * k)
+        for p in missing:
+            key = (source, p.index // size)
+            blocks[key] = blocks.get(key, 0) + k
+    return blocks
+
+
+def generate_round(ctx: Context, round_id: int) -> None:
+    """Generate the round's missing responses, block by block, policy samples first."""
+    blocks = missing_blocks(ctx, round_id)
+    if not blocks:
+        return
+    with ctx.reporter.bar("generating", sum(blocks.values())) as advance:
+        for (source, block), responses in blocks.items():
+            generate_block(ctx, round_id, block, source)
+            advance(responses)
 
 
 # -- judge --------------------------------------------------------------------------------
@@ -203,19 +212,42 @@ def judge_responses(ctx: Context, pairs: list[tuple[Response, Prompt]], repeat: 
     commit_point("judging")
 
 
-def judge_round(ctx: Context, round_id: int) -> None:
-    """Judge every response of the round that has no judgment yet (each configured repeat)."""
-    # One judge chunk per generation block's worth of responses: each chunk is one commit.
+def missing_judgments(
+    ctx: Context, round_id: int
+) -> list[tuple[int, list[tuple[Response, Prompt]]]]:
+    """(repeat, chunk) of the round's responses without that repeat's judgment; one commit each."""
+    # One judge chunk per generation block's worth of responses.
     size = ctx.cfg.generation.prompts_per_batch * ctx.cfg.generation.samples_per_prompt
+    chunks = []
     for repeat in range(ctx.cfg.judge.repeats):
         with ctx.sessions() as s:
             todo = queries.responses_missing_judgment(s, round_id, ctx.judge.name, repeat)
-        label = "judging" if repeat == 0 else f"judging (repeat {repeat + 1})"
-        with ctx.reporter.bar(label, len(todo)) as advance:
-            for i in range(0, len(todo), size):
-                chunk = todo[i : i + size]
-                judge_responses(ctx, chunk, repeat)
-                advance(len(chunk))
+        chunks += [(repeat, todo[i : i + size]) for i in range(0, len(todo), size)]
+    return chunks
+
+
+def judge_response_ids(
+    ctx: Context, round_id: int, response_ids: list[int], repeat: int = 0
+) -> int:
+    """Judge those of these responses that have no judgment (this repeat) yet; returns how many
+    were judged. A chunk delivered twice judges nothing the second time.
+    """
+    with ctx.sessions() as s:
+        todo = queries.responses_missing_judgment(
+            s, round_id, ctx.judge.name, repeat, response_ids=response_ids
+        )
+    if todo:
+        judge_responses(ctx, todo, repeat)
+    return len(todo)
+
+
+def judge_round(ctx: Context, round_id: int) -> None:
+    """Judge every response of the round that has no judgment yet (each configured repeat)."""
+    chunks = missing_judgments(ctx, round_id)
+    with ctx.reporter.bar("judging", sum(len(c) for _, c in chunks)) as advance:
+        for repeat, chunk in chunks:
+            judge_responses(ctx, chunk, repeat)
+            advance(len(chunk))
 
 
 # -- pair ---------------------------------------------------------------------------------
