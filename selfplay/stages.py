@@ -271,22 +271,7 @@ def pair_round(ctx: Context, round_id: int) -> None:
     )
     builder = PAIR_BUILDERS[cfg.builder]
     choices = builder(scored, params, derive_seed(ctx.cfg.run.seed, round_index))
-    rows = [
-        dict(
-            round_id=round_id,
-            prompt_id=c.prompt_id,
-            chosen_id=c.chosen_id,
-            rejected_id=c.rejected_id,
-            chosen_score=c.chosen_score,
-            rejected_score=c.rejected_score,
-            margin=c.margin,
-            weight=1.0,
-            builder=cfg.builder,
-            chosen_target=c.chosen_target,
-            rejected_target=c.rejected_target,
-        )
-        for c in choices
-    ]
+    rows = [_pair_row(round_id, c, cfg.builder, 1.0) for c in choices]
     rows += _replayed_pairs(ctx, round_index, round_id, len(rows))
     size = ctx.cfg.generation.prompts_per_batch
     for i in range(0, len(rows), size):
@@ -301,6 +286,28 @@ def pair_round(ctx: Context, round_id: int) -> None:
         queries.insert_ignore(s, Metric, _metrics(ctx.run_id, round_index, "pair", 0, values))
 
 
+_PAIR_FIELDS = (
+    "prompt_id",
+    "chosen_id",
+    "rejected_id",
+    "chosen_score",
+    "rejected_score",
+    "margin",
+    "chosen_target",
+    "rejected_target",
+)
+
+
+def _pair_row(round_id: int, pair: object, builder: str, weight: float) -> dict:
+    """A `pairs` row for this round from a PairChoice or an earlier round's Pair."""
+    return dict(
+        round_id=round_id,
+        builder=builder,
+        weight=weight,
+        **{f: getattr(pair, f) for f in _PAIR_FIELDS},
+    )
+
+
 def _replayed_pairs(ctx: Context, round_index: int, round_id: int, own: int) -> list[dict]:
     """Copies of earlier rounds' pairs to mix into this round (pairing.replay fractions)."""
     fractions = ctx.cfg.pairing.replay
@@ -313,22 +320,7 @@ def _replayed_pairs(ctx: Context, round_index: int, round_id: int, own: int) -> 
         earlier = [queries.pair_ids(s, r.id) if r else [] for r in earlier_rounds]
         picked = replay_choice(earlier, fractions, own, derive_seed(ctx.cfg.run.seed, round_index))
         pairs = s.scalars(select(Pair).where(Pair.id.in_(picked)).order_by(Pair.id)).all()
-        return [
-            dict(
-                round_id=round_id,
-                prompt_id=p.prompt_id,
-                chosen_id=p.chosen_id,
-                rejected_id=p.rejected_id,
-                chosen_score=p.chosen_score,
-                rejected_score=p.rejected_score,
-                margin=p.margin,
-                weight=p.weight,
-                builder=f"replay:{p.builder}",
-                chosen_target=p.chosen_target,
-                rejected_target=p.rejected_target,
-            )
-            for p in pairs
-        ]
+        return [_pair_row(round_id, p, f"replay:{p.builder}", p.weight) for p in pairs]
 
 
 # -- train --------------------------------------------------------------------------------
