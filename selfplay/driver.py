@@ -196,39 +196,42 @@ def run_loop(
         judge=make_judge(cfg.judge, task, cfg.run.seed),
         reporter=reporter,
     )
-    executor = make_executor(cfg.executor)
-    initial = ensure_initial_checkpoint(ctx)
-    accuracy = evaluate_checkpoint(ctx, initial, -1)
-    reporter.line(f"initial policy: held-out accuracy {format_accuracy(accuracy)}")
-    for index in range(rounds or cfg.run.rounds):
-        round_id = ensure_round(ctx, index)
-        if round_id is None:
+    try:
+        executor = make_executor(cfg.executor)
+        initial = ensure_initial_checkpoint(ctx)
+        accuracy = evaluate_checkpoint(ctx, initial, -1)
+        reporter.line(f"initial policy: held-out accuracy {format_accuracy(accuracy)}")
+        for index in range(rounds or cfg.run.rounds):
+            round_id = ensure_round(ctx, index)
+            if round_id is None:
+                reporter.line(
+                    f"stopping before round {index}: no new best held-out accuracy for "
+                    f"{cfg.guards.patience} rounds (guards.on_plateau: stop)"
+                )
+                break
+            with sessions() as s:
+                already_done = s.get(Round, round_id).status == RoundStatus.DONE
+            if not already_done:
+                run_round(ctx, round_id, executor)
+            with sessions() as s:
+                (summary,) = queries.round_summaries(s, ctx.run_id, index)
             reporter.line(
-                f"stopping before round {index}: no new best held-out accuracy for "
-                f"{cfg.guards.patience} rounds (guards.on_plateau: stop)"
+                f"round {index}: {summary.pairs} pairs, held-out accuracy "
+                f"{format_accuracy(summary.heldout_accuracy)}, {summary.wall_time_s:.1f}s"
+                + (" (already done)" if already_done else "")
             )
-            break
+            for path in prune_checkpoints(ctx):
+                reporter.line(f"  deleted checkpoint {path} (guards.keep_last)")
         with sessions() as s:
-            already_done = s.get(Round, round_id).status == RoundStatus.DONE
-        if not already_done:
-            run_round(ctx, round_id, executor)
+            best = queries.best_checkpoint(s, ctx.run_id)
+            if best is not None:
+                reporter.line(
+                    f"best checkpoint: {'SFT' if best.round_index < 0 else f'round {best.round_index}'}"
+                    f" (held-out accuracy {format_accuracy(best.heldout_accuracy)}) {best.path}"
+                )
         with sessions() as s:
-            (summary,) = queries.round_summaries(s, ctx.run_id, index)
-        reporter.line(
-            f"round {index}: {summary.pairs} pairs, held-out accuracy "
-            f"{format_accuracy(summary.heldout_accuracy)}, {summary.wall_time_s:.1f}s"
-            + (" (already done)" if already_done else "")
-        )
-        for path in prune_checkpoints(ctx):
-            reporter.line(f"  deleted checkpoint {path} (guards.keep_last)")
-    with sessions() as s:
-        best = queries.best_checkpoint(s, ctx.run_id)
-        if best is not None:
-            reporter.line(
-                f"best checkpoint: {'SFT' if best.round_index < 0 else f'round {best.round_index}'}"
-                f" (held-out accuracy {format_accuracy(best.heldout_accuracy)}) {best.path}"
-            )
-    with sessions() as s:
-        summaries = queries.round_summaries(s, ctx.run_id)
-    engine.dispose()
+            summaries = queries.round_summaries(s, ctx.run_id)
+    finally:
+        ctx.close()
+        engine.dispose()
     return summaries

@@ -53,6 +53,14 @@ class Context:
             self._backend = make_backend(self.cfg.generation)
         return self._backend
 
+    def close(self) -> None:
+        """Shut the generation engine down if it runs processes of its own (vLLM's engine
+        core, SGLang, a server selfplay started); a process left with them hangs at exit."""
+        close = getattr(self._backend, "close", None)
+        if close is not None:
+            close()
+        self._backend = None
+
 
 def derive_seed(*parts: int) -> int:
     """A deterministic 31-bit seed from integers (run seed, round, chunk, …)."""
