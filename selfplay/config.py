@@ -348,9 +348,8 @@ class SelfplayConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> SelfplayConfig:
         loss, builder = self.training.loss, self.pairing.builder
-        needs = {"sppo": "sppo", "xpo": "xpo"}
-        if loss in needs and builder != needs[loss]:
-            raise ValueError(f"pairing.builder must be '{needs[loss]}' for loss {loss}")
+        if loss in ("sppo", "xpo") and builder != loss:
+            raise ValueError(f"pairing.builder must be '{loss}' for loss {loss}")
         if builder == "sppo" and loss != "sppo":
             raise ValueError("pairing.builder 'sppo' makes win-probability targets: use loss sppo")
         if builder == "xpo" and self.generation.reference_samples < 1:

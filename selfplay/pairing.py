@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from db.queries import ScoredResponse
@@ -119,10 +119,16 @@ def max_random_pairs(
 def self_rewarding_pairs(
     scored: Sequence[ScoredResponse], p: PairParams, seed: int
 ) -> list[PairChoice]:
-    """Self-Rewarding (2401.10020): per prompt, (highest, lowest) mean score, ties dropped."""
+    """Self-Rewarding (2401.10020): per prompt, (highest, lowest) mean score, ties dropped;
+    among equal scores the seeded order decides."""
+    return _highest_vs_lowest(_by_prompt(scored, seed).values())
+
+
+def _highest_vs_lowest(groups: Iterable[list[ScoredResponse]]) -> list[PairChoice]:
+    """Per group, (first highest, first lowest) in the group's order; equal scores: no pair."""
     pairs: list[PairChoice] = []
-    for candidates in _by_prompt(scored, seed).values():
-        hi = max(candidates, key=lambda s: s.score)
+    for candidates in groups:
+        hi = max(candidates, key=lambda s: s.score)  # max/min return the first of equals
         lo = min(candidates, key=lambda s: s.score)
         if hi.score > lo.score:
             pairs.append(_choice(hi, lo))
@@ -199,14 +205,8 @@ def inpo_pairs(scored: Sequence[ScoredResponse], p: PairParams, seed: int) -> li
 
     Ties for the max or the min go to the first candidate in response-id order.
     """
-    pairs: list[PairChoice] = []
-    for candidates in _by_prompt(scored, seed).values():
-        ordered = sorted(candidates, key=lambda s: s.response_id)
-        hi = max(ordered, key=lambda s: s.score)  # max/min return the first of equals
-        lo = min(ordered, key=lambda s: s.score)
-        if hi.score > lo.score:
-            pairs.append(_choice(hi, lo))
-    return pairs
+    groups = _by_prompt(scored, seed).values()
+    return _highest_vs_lowest(sorted(c, key=lambda s: s.response_id) for c in groups)
 
 
 def knockout(

@@ -213,10 +213,8 @@ def train_on_pairs(
         try:
             micro = _batches(len(pairs), cfg.batch_size, cfg.epochs, seed)
             for step in range(1, total + 1):
+                # planned_steps counts the micro-batches, so no group is ever empty.
                 group = list(islice(micro, accum))
-                if not group:
-                    step -= 1
-                    break
                 optimizer.zero_grad(set_to_none=True)
                 sums: dict[str, Tensor] = {}
                 for indices in group:
