@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -30,3 +31,24 @@ def current_revision(engine: Engine) -> str | None:
 
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+@functools.cache
+def head_revision() -> str:
+    """The latest revision this version of selfplay's migrations know (read once a process)."""
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
+def check_current(engine: Engine, url: str) -> None:
+    """Raise RuntimeError, naming the fix, when the store's schema is not this selfplay's."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        raise RuntimeError(
+            f"the store {url} is at schema revision {current}, this selfplay needs {head}: "
+            f"run `selfplay db upgrade --db {url}` (or, for a store made by a newer selfplay, "
+            "upgrade selfplay)"
+        )

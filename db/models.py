@@ -1,10 +1,11 @@
 """SQLAlchemy 2.0 typed models of the preference store.
 
 Every write is idempotent through a unique key: (run, name) for runs, (run, index) for rounds,
-(round, index) for prompts, (round, prompt, sample_index) for responses, (response, judge,
-repeat) for judgments, (round, chosen, rejected) for pairs, (response, checkpoint) for scored
-log-probs. A pair is traceable to its two responses, their judgments and, through
-`responses.checkpoint_id`, the checkpoint that generated them.
+(round, index) for prompts, (round, prompt, sample_index) for responses (a revision's sample
+index follows from the one it revises, so it is stored once), (response, judge, repeat) for
+judgments, (round, chosen, rejected) for pairs, (response, checkpoint) for scored
+log-probs, round for a round's stored summary. A pair is traceable to its two responses,
+their judgments and, through `responses.checkpoint_id`, the checkpoint that generated them.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ class RoundStatus:
     PENDING = "pending"
     GENERATING = "generating"
     JUDGING = "judging"
+    REVISING = "revising"
     PAIRING = "pairing"
     TRAINING = "training"
     EVALUATING = "evaluating"
     DONE = "done"
     FAILED = "failed"
 
-    ORDER = (PENDING, GENERATING, JUDGING, PAIRING, TRAINING, EVALUATING, DONE)
+    ORDER = (PENDING, GENERATING, JUDGING, REVISING, PAIRING, TRAINING, EVALUATING, DONE)
 
 
 def _now() -> dt.datetime:
@@ -59,13 +61,20 @@ class Run(Base):
     rounds: Mapped[list[Round]] = relationship(back_populates="run", order_by="Round.index")
 
 
+# The path of the checkpoint row (round index -1) of a run made by `selfplay judge`: its
+# responses came from a file, not from a model.
+EXTERNAL_CHECKPOINT_PREFIX = "external:"
+
+
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
     __table_args__ = (UniqueConstraint("run_id", "round_index", name="uq_checkpoints_run_round"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    round_index: Mapped[int] = mapped_column(doc="-1: the initial (SFT) policy; t: after round t.")
+    round_index: Mapped[int] = mapped_column(
+        doc="-1: the initial (SFT) policy, or `external:<file>` responses; t: after round t."
+    )
     path: Mapped[str] = mapped_column(Text)
     heldout_accuracy: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
@@ -124,6 +133,11 @@ class Response(Base):
     num_tokens: Mapped[int]
     logprob: Mapped[float] = mapped_column(Float, doc="Summed log-prob under the generator.")
     finish_reason: Mapped[str] = mapped_column(String(20))
+    revises_id: Mapped[int | None] = mapped_column(
+        ForeignKey("responses.id", ondelete="CASCADE"),
+        index=True,
+        doc="Critique → revise: the response this one rewrites; null for ordinary samples.",
+    )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -177,6 +191,32 @@ class Pair(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class RoundSummaryRecord(Base):
+    """A done round's aggregates (`db.inspect.RoundStats`), stored when the round finishes so that
+    reading them costs one row instead of a pass over the round's pairs, responses and judgments.
+    Status, held-out accuracy and wall time stay on the round's own row."""
+
+    __tablename__ = "round_summaries"
+    __table_args__ = (UniqueConstraint("round_id", name="uq_round_summaries_round"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    prompts: Mapped[int]
+    responses: Mapped[int]
+    mean_response_tokens: Mapped[float | None] = mapped_column(Float)
+    judgments: Mapped[dict[str, Any]] = mapped_column(doc="Judgment count by status.")
+    mean_score: Mapped[float | None] = mapped_column(Float)
+    pairs: Mapped[int]
+    mean_margin: Mapped[float | None] = mapped_column(Float)
+    mean_chosen_score: Mapped[float | None] = mapped_column(Float)
+    mean_rejected_score: Mapped[float | None] = mapped_column(Float)
+    mean_chosen_tokens: Mapped[float | None] = mapped_column(Float)
+    mean_rejected_tokens: Mapped[float | None] = mapped_column(Float)
+    judge_agreement: Mapped[float | None] = mapped_column(Float)
+    reward_margin: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 class ResponseLogprob(Base):
     """A response's summed log-prob under a checkpoint (reference log-probs, precomputed)."""
 
@@ -207,4 +247,23 @@ class Metric(Base):
     step: Mapped[int]
     name: Mapped[str] = mapped_column(String(100))
     value: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class JudgeCacheEntry(Base):
+    """A stored answer of an API judge, keyed by a hash of (model, messages, parameters).
+
+    Shared by every run on the store: an identical request is answered from here at no cost.
+    The API key is never part of the key or the row.
+    """
+
+    __tablename__ = "judge_cache"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True, doc="sha256 hex of the request.")
+    model: Mapped[str] = mapped_column(String(200))
+    response: Mapped[str] = mapped_column(Text, doc="The judge model's answer text.")
+    prompt_tokens: Mapped[int] = mapped_column(default=0)
+    completion_tokens: Mapped[int] = mapped_column(default=0)
+    cost: Mapped[float] = mapped_column(Float, default=0.0, doc="What the original call cost.")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)

@@ -10,6 +10,7 @@ from sqlalchemy import Select, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
+from db.inspect import SUMMARY_FIELDS, compute_round_stats
 from db.models import (
     Base,
     Checkpoint,
@@ -20,6 +21,7 @@ from db.models import (
     Response,
     ResponseLogprob,
     Round,
+    RoundSummaryRecord,
     Run,
 )
 
@@ -96,6 +98,34 @@ def prompts_missing_responses(
     return list(session.scalars(stmt))
 
 
+def judgment_status_counts(session: Session, round_id: int, judge: str) -> dict[str, int]:
+    """{status: judgments} of one judge over a round's responses (repeats counted)."""
+    stmt = (
+        select(Judgment.status, func.count())
+        .join(Response, Response.id == Judgment.response_id)
+        .where(Response.round_id == round_id, Judgment.judge == judge)
+        .group_by(Judgment.status)
+    )
+    return {status: n for status, n in session.execute(stmt)}
+
+
+def judgment_traces(
+    session: Session, round_id: int, judge: str, prompt_ids: list[int]
+) -> list[dict[str, Any] | None]:
+    """The traces of one judge's successful judgments of these prompts' responses."""
+    stmt = (
+        select(Judgment.trace)
+        .join(Response, Response.id == Judgment.response_id)
+        .where(
+            Response.round_id == round_id,
+            Response.prompt_id.in_(prompt_ids),
+            Judgment.judge == judge,
+            Judgment.status == "ok",
+        )
+    )
+    return list(session.scalars(stmt))
+
+
 def responses_missing_judgment(
     session: Session,
     round_id: int,
@@ -126,6 +156,7 @@ class ScoredResponse:
     num_tokens: int
     sample_index: int = 0
     text: str = ""
+    revises_id: int | None = None  # critique → revise: the response this one rewrites
 
 
 def scored_responses(session: Session, round_id: int, judge: str) -> list[ScoredResponse]:
@@ -138,6 +169,7 @@ def scored_responses(session: Session, round_id: int, judge: str) -> list[Scored
             Response.num_tokens,
             Response.sample_index,
             Response.text,
+            Response.revises_id,
         )
         .join(Judgment, Judgment.response_id == Response.id)
         .where(Response.round_id == round_id, Judgment.judge == judge, Judgment.status == "ok")
@@ -147,10 +179,42 @@ def scored_responses(session: Session, round_id: int, judge: str) -> list[Scored
             Response.num_tokens,
             Response.sample_index,
             Response.text,
+            Response.revises_id,
         )
         .order_by(Response.id)
     )
     return [ScoredResponse(*row) for row in session.execute(stmt)]
+
+
+def critiques(session: Session, response_ids: Sequence[int], judge: str) -> dict[int, str]:
+    """Response id → the critique text of its successful judgments by `judge` (repeats in
+    order, distinct texts joined by newlines); responses without any critique are absent."""
+    out: dict[int, list[str]] = {}
+    ids = list(response_ids)
+    for i in range(0, len(ids), 500):
+        stmt = (
+            select(Judgment.response_id, Judgment.critique)
+            .where(
+                Judgment.response_id.in_(ids[i : i + 500]),
+                Judgment.judge == judge,
+                Judgment.status == "ok",
+                Judgment.critique.is_not(None),
+            )
+            .order_by(Judgment.response_id, Judgment.repeat)
+        )
+        for rid, text in session.execute(stmt):
+            texts = out.setdefault(rid, [])
+            if text.strip() and text not in texts:
+                texts.append(text)
+    return {rid: "\n".join(texts) for rid, texts in out.items() if texts}
+
+
+def revised_ids(session: Session, round_id: int) -> set[int]:
+    """Ids of a round's responses that already have a stored revision."""
+    stmt = select(Response.revises_id).where(
+        Response.round_id == round_id, Response.revises_id.is_not(None)
+    )
+    return set(session.scalars(stmt))
 
 
 @dataclass(frozen=True)
@@ -255,19 +319,23 @@ class RoundSummary:
 
 
 def round_summaries(session: Session, run_id: int, index: int | None = None) -> list[RoundSummary]:
-    """One line of figures per round of a run (or only round `index`), in round order."""
+    """One line of figures per round of a run (or only round `index`), in round order; a round
+    with a stored summary takes its counts from it, the others are counted."""
     rounds = select(Round.id).where(Round.run_id == run_id)
     if index is not None:
         rounds = rounds.where(Round.index == index)
+    unsummarized = rounds.where(
+        ~select(RoundSummaryRecord.id).where(RoundSummaryRecord.round_id == Round.id).exists()
+    )
     pair_counts = (
         select(Pair.round_id, func.count().label("n"))
-        .where(Pair.round_id.in_(rounds))
+        .where(Pair.round_id.in_(unsummarized))
         .group_by(Pair.round_id)
         .subquery()
     )
     response_counts = (
         select(Response.round_id, func.count().label("n"))
-        .where(Response.round_id.in_(rounds))
+        .where(Response.round_id.in_(unsummarized))
         .group_by(Response.round_id)
         .subquery()
     )
@@ -275,15 +343,26 @@ def round_summaries(session: Session, run_id: int, index: int | None = None) -> 
         select(
             Round.index,
             Round.status,
-            func.coalesce(pair_counts.c.n, 0),
-            func.coalesce(response_counts.c.n, 0),
+            func.coalesce(RoundSummaryRecord.pairs, pair_counts.c.n, 0),
+            func.coalesce(RoundSummaryRecord.responses, response_counts.c.n, 0),
             Round.heldout_accuracy,
             Round.wall_time_s,
             Round.error,
         )
+        .outerjoin(RoundSummaryRecord, RoundSummaryRecord.round_id == Round.id)
         .outerjoin(pair_counts, pair_counts.c.round_id == Round.id)
         .outerjoin(response_counts, response_counts.c.round_id == Round.id)
         .where(Round.id.in_(rounds))
         .order_by(Round.index)
     )
     return [RoundSummary(*row) for row in session.execute(stmt)]
+
+
+def write_round_summary(session: Session, rnd: Round) -> None:
+    """Store a finished round's aggregates, replacing any earlier summary (idempotent)."""
+    stats = compute_round_stats(session, rnd.run, rnd)
+    session.execute(delete(RoundSummaryRecord).where(RoundSummaryRecord.round_id == rnd.id))
+    session.add(
+        RoundSummaryRecord(round_id=rnd.id, **{f: getattr(stats, f) for f in SUMMARY_FIELDS})
+    )
+    session.flush()
