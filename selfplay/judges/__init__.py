@@ -1,17 +1,92 @@
-"""Judges by name. Later: tool, self, api, reward_model, ensemble, and third-party plug-ins."""
+"""Judges by name: built-ins, the entry-point group `selfplay.judges`, or `module:attr`.
+
+A judge factory is any callable `(JudgeConfig, JudgeEnv) -> Judge` (a judge class whose
+constructor takes those two arguments is one). `resolve_factory` finds it; the config
+validates the name with it when it loads, so a typo fails before the run starts.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import importlib
 from dataclasses import replace
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
-from selfplay.config import JudgeConfig
-from selfplay.judges.base import Judge, JudgeItem, Verdict
-from selfplay.judges.verifier import VerifierJudge
-from selfplay.tasks.base import Task
+from selfplay.judges.base import (
+    Comparison,
+    Judge,
+    JudgeEnv,
+    JudgeFactory,
+    JudgeItem,
+    PairItem,
+    PairwiseJudge,
+    PolicyHandle,
+    Verdict,
+    safe_judge,
+    symmetric_compare,
+)
 
-JUDGES: dict[str, Callable[[Task], Judge]] = {"verifier": VerifierJudge}
+if TYPE_CHECKING:
+    from selfplay.config import JudgeConfig
+
+ENTRY_POINT_GROUP = "selfplay.judges"
+
+# Built-in judges, imported only when used (their dependencies are optional extras).
+BUILTIN_JUDGES: dict[str, str] = {
+    "verifier": "selfplay.judges.verifier:VerifierJudge",
+    "tool": "selfplay.judges.tool:ToolJudge",
+    "api": "selfplay.judges.api:ApiJudge",
+    "self": "selfplay.judges.self_judge:SelfJudge",
+    "reward_model": "selfplay.judges.reward_model:RewardModelJudge",
+    "ensemble": "selfplay.judges.ensemble:EnsembleJudge",
+}
+
+
+class JudgeNotFound(LookupError):
+    """A judge name that is no built-in, no installed entry point and no importable module:attr."""
+
+
+def _import_attr(spec: str) -> JudgeFactory:
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as err:
+        raise JudgeNotFound(
+            f"cannot import module {module_name!r} for judge {spec!r}: {err}"
+        ) from err
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise JudgeNotFound(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise JudgeNotFound(f"judge {spec!r} is not callable (expected a factory or a class)")
+    return obj
+
+
+def available_judges() -> dict[str, str]:
+    """Every judge name this installation knows: built-ins and entry points → their target."""
+    names = dict(BUILTIN_JUDGES)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        names.setdefault(ep.name, ep.value)
+    return names
+
+
+def resolve_factory(name: str) -> JudgeFactory:
+    """The factory for a judge name: a built-in, an entry point of `selfplay.judges`, or an
+    explicit `package.module:attr`. Raises JudgeNotFound with the known names otherwise."""
+    if name in BUILTIN_JUDGES:
+        return _import_attr(BUILTIN_JUDGES[name])
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
+        try:
+            return ep.load()
+        except Exception as err:  # a broken plug-in: say which, and why
+            raise JudgeNotFound(f"entry point {name!r} ({ep.value}) failed to load: {err}") from err
+    if ":" in name:
+        return _import_attr(name)
+    known = ", ".join(sorted(available_judges()))
+    raise JudgeNotFound(f"unknown judge {name!r}; known: {known}; or give 'package.module:attr'")
 
 
 class NoisyJudge:
@@ -24,6 +99,14 @@ class NoisyJudge:
     def __init__(self, inner: Judge, flip_rate: float, seed: int) -> None:
         self.inner, self.flip_rate, self.seed = inner, flip_rate, seed
         self.name = inner.name
+        # A pairwise judge inside still gets the siblings it scores against.
+        self.needs_siblings = getattr(inner, "needs_siblings", False)
+
+    def close(self) -> None:
+        """Close the inner judge if it holds resources."""
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
 
     def _flips(self, item: JudgeItem) -> bool:
         key = f"{self.seed}\0{item.prompt.text}\0{item.response}".encode()
@@ -45,10 +128,29 @@ class NoisyJudge:
         ]
 
 
-def make_judge(cfg: JudgeConfig, task: Task, seed: int = 0) -> Judge:
-    """Build the configured judge for a task (wrapped in label noise if cfg.flip_rate > 0)."""
-    judge = JUDGES[cfg.name](task)
-    return NoisyJudge(judge, cfg.flip_rate, seed) if cfg.flip_rate > 0 else judge
+def make_judge(cfg: JudgeConfig, env: JudgeEnv) -> Judge:
+    """Build the configured judge (wrapped in label noise if cfg.flip_rate > 0)."""
+    judge = resolve_factory(cfg.name)(cfg, env)
+    return NoisyJudge(judge, cfg.flip_rate, env.seed) if cfg.flip_rate > 0 else judge
 
 
-__all__ = ["JUDGES", "Judge", "JudgeItem", "NoisyJudge", "Verdict", "make_judge"]
+__all__ = [
+    "BUILTIN_JUDGES",
+    "ENTRY_POINT_GROUP",
+    "Comparison",
+    "Judge",
+    "JudgeEnv",
+    "JudgeFactory",
+    "JudgeItem",
+    "JudgeNotFound",
+    "NoisyJudge",
+    "PairItem",
+    "PairwiseJudge",
+    "PolicyHandle",
+    "Verdict",
+    "available_judges",
+    "make_judge",
+    "resolve_factory",
+    "safe_judge",
+    "symmetric_compare",
+]

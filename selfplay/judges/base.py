@@ -1,19 +1,34 @@
-"""The judge protocol: a judge labels responses; failure is a value, never an exception."""
+"""The judge protocol: a judge labels responses; failure is a value, never an exception.
+
+A judge scores responses one at a time (`judge`: a Verdict each) and may also compare two
+responses to one prompt (`compare`: a Comparison each, the probability that the first beats
+the second). Judges are built by a factory `(JudgeConfig, JudgeEnv) -> Judge`: built-ins by
+name, third-party ones through the entry-point group `selfplay.judges` or `module:attr`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
 
 from selfplay.tasks.base import Prompt
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from selfplay.config import JudgeConfig
+    from selfplay.generation.base import GenerationBackend, Sample, SamplingParams
+    from selfplay.tasks.base import Task
+
 
 @dataclass(frozen=True)
-class Verdict:
-    """One pointwise judgment. `status == "failed"` carries `error`, and `score` is None."""
+class _Outcome:
+    """What every judgment carries besides its value; `status == "failed"` carries `error`.
+    Subclasses add the value as their second positional field."""
 
     status: Literal["ok", "failed"]
-    score: float | None = None
+    _: KW_ONLY
     critique: str | None = None
     trace: dict[str, Any] | None = None
     error: str | None = None
@@ -22,16 +37,47 @@ class Verdict:
     cost: float | None = None
 
     @classmethod
-    def failure(cls, error: str, **kw: Any) -> Verdict:
-        """A failed judgment with its reason."""
+    def failure(cls, error: str, **kw: Any) -> Self:
+        """A failed judgment with its reason (its value is None)."""
         return cls(status="failed", error=error, **kw)
 
 
 @dataclass(frozen=True)
+class Verdict(_Outcome):
+    """One pointwise judgment: `score` (None when failed)."""
+
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class Comparison(_Outcome):
+    """One pairwise judgment: `prob` = P(first response beats second), in [0, 1].
+
+    For a judge evaluated in both orders (`symmetric_compare`), `prob` is the order-averaged
+    P_sym and `trace` holds both raw probabilities and whether the verdict flipped.
+    """
+
+    prob: float | None = None
+
+
+@dataclass(frozen=True)
 class JudgeItem:
+    """A response to judge. `extra["siblings"]` holds the other responses to the same prompt
+    (texts) when the judge asks for them (`needs_siblings = True`, e.g. pairwise judges that
+    score a response by its win rate against its siblings)."""
+
     prompt: Prompt
     response: str
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PairItem:
+    """Two responses to one prompt, in the order they are shown to the judge."""
+
+    prompt: Prompt
+    first: str
+    second: str
 
 
 class Judge(Protocol):
@@ -42,3 +88,97 @@ class Judge(Protocol):
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
         """Judge each item."""
         ...
+
+
+@runtime_checkable
+class PairwiseJudge(Protocol):
+    """A judge that can also compare two responses (position bias measured by meta-evaluation)."""
+
+    name: str
+
+    def compare(self, items: list[PairItem]) -> list[Comparison]:
+        """P(first beats second) for each item, in the order shown; never raises."""
+        ...
+
+
+class PolicyHandle:
+    """The round's policy, for judges that ask the policy itself (`self`, critique → revise).
+
+    The judge stage points it at the round's policy checkpoint (`path`); `generate` loads that
+    checkpoint into the run's generation backend (a no-op when it is already loaded).
+    """
+
+    def __init__(self, backend: Callable[[], GenerationBackend]) -> None:
+        self._backend = backend
+        self.path: str | None = None
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
+        """Sample from the current policy checkpoint."""
+        if self.path is None:
+            raise RuntimeError("the policy handle has no checkpoint yet (set PolicyHandle.path)")
+        backend = self._backend()
+        backend.load(self.path)
+        return backend.generate(prompts, params)
+
+
+@dataclass
+class JudgeEnv:
+    """What a judge factory may use besides its config: the task, the run's seed, the store
+    (caches) and the round's policy. Third-party judges receive the same object."""
+
+    task: Task
+    seed: int = 0
+    sessions: sessionmaker[Session] | None = None
+    policy: PolicyHandle | None = None
+
+
+JudgeFactory = Callable[["JudgeConfig", JudgeEnv], Judge]
+
+
+def safe_judge(judge: Judge, items: list[JudgeItem]) -> list[Verdict]:
+    """The judge's verdicts; a judge that raises, or returns the wrong number of verdicts,
+    gives a failed verdict per item naming the judge and the error (never an exception)."""
+    try:
+        verdicts = judge.judge(items)
+        if len(verdicts) != len(items):
+            raise ValueError(f"returned {len(verdicts)} verdicts for {len(items)} responses")
+    except Exception as err:  # recorded, never raised: the loop goes on
+        reason = f"judge {judge.name!r} raised {type(err).__name__}: {err}"
+        verdicts = [Verdict.failure(reason) for _ in items]
+    return verdicts
+
+
+def symmetric_compare(judge: PairwiseJudge, items: list[PairItem]) -> list[Comparison]:
+    """Compare each pair in both orders and average (ALGORITHMS.md, "Judges"):
+
+    P_sym(a ≻ b) = ½ [P(first wins | a, b) + 1 − P(first wins | b, a)].
+
+    `trace` records both raw probabilities and `position_flip`: the verdict changes with the
+    order (the first-shown response wins, or loses, both times). A pair whose either order
+    failed is a failed comparison carrying the error.
+    """
+    swapped = [PairItem(i.prompt, i.second, i.first) for i in items]
+    both = judge.compare(items + swapped)
+    forward, backward = both[: len(items)], both[len(items) :]
+    out = []
+    for ab, ba in zip(forward, backward, strict=True):
+        tokens = (ab.tokens or 0) + (ba.tokens or 0) or None
+        cost = (ab.cost or 0.0) + (ba.cost or 0.0) if ab.cost is not None or ba.cost else None
+        latency = (ab.latency_s or 0.0) + (ba.latency_s or 0.0)
+        if ab.status != "ok" or ba.status != "ok" or ab.prob is None or ba.prob is None:
+            error = ab.error if ab.status != "ok" else ba.error
+            out.append(Comparison.failure(error or "comparison failed", tokens=tokens, cost=cost))
+            continue
+        flip = (ab.prob > 0.5) == (ba.prob > 0.5) and ab.prob != 0.5 and ba.prob != 0.5
+        out.append(
+            Comparison(
+                status="ok",
+                prob=0.5 * (ab.prob + 1.0 - ba.prob),
+                critique=ab.critique,
+                trace={"p_ab": ab.prob, "p_ba": ba.prob, "position_flip": flip},
+                latency_s=latency,
+                tokens=tokens,
+                cost=cost,
+            )
+        )
+    return out

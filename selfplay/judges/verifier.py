@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from selfplay.judges.base import JudgeItem, Verdict
-from selfplay.tasks.base import Task
+from selfplay.config import JudgeConfig
+from selfplay.judges.base import JudgeEnv, JudgeItem, Verdict
 
 
 class VerifierJudge:
@@ -13,8 +13,8 @@ class VerifierJudge:
 
     name = "verifier"
 
-    def __init__(self, task: Task) -> None:
-        self.task = task
+    def __init__(self, cfg: JudgeConfig, env: JudgeEnv) -> None:
+        self.task = env.task
 
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
         """Score 1.0 when the task's checker accepts the response, else 0.0."""

@@ -7,13 +7,27 @@ from collections.abc import Callable
 from selfplay.config import TaskConfig
 from selfplay.tasks.arithmetic import ArithmeticTask
 from selfplay.tasks.base import Prompt, Task
+from selfplay.tasks.code import CodeTask
 from selfplay.tasks.jsonl import JsonlTask, TaskDataError
 
-__all__ = ["TASKS", "ArithmeticTask", "JsonlTask", "Prompt", "Task", "TaskDataError", "make_task"]
+__all__ = [
+    "TASKS",
+    "ArithmeticTask",
+    "CodeTask",
+    "JsonlTask",
+    "Prompt",
+    "Task",
+    "TaskDataError",
+    "make_task",
+]
 
 
 def _arithmetic(cfg: TaskConfig, seed: int) -> Task:
     return ArithmeticTask(seed=seed, heldout_size=cfg.heldout_size)
+
+
+def _code(cfg: TaskConfig, seed: int) -> Task:
+    return CodeTask(seed=seed, heldout_size=cfg.heldout_size)
 
 
 def _jsonl(cfg: TaskConfig, seed: int) -> Task:
@@ -21,7 +35,11 @@ def _jsonl(cfg: TaskConfig, seed: int) -> Task:
     return JsonlTask(cfg.path, seed=seed)
 
 
-TASKS: dict[str, Callable[[TaskConfig, int], Task]] = {"arithmetic": _arithmetic, "jsonl": _jsonl}
+TASKS: dict[str, Callable[[TaskConfig, int], Task]] = {
+    "arithmetic": _arithmetic,
+    "code": _code,
+    "jsonl": _jsonl,
+}
 
 
 def make_task(cfg: TaskConfig, seed: int) -> Task:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import functools
-import random
 import re
 
-from selfplay.tasks.base import Prompt
+from selfplay.tasks.base import FixedPoolTask, Prompt
 
 MAX_OPERAND = 99
 _ANSWER = re.compile(r"A:\s*(-?\d+)")
@@ -24,7 +23,7 @@ def _all_problems() -> tuple[Prompt, ...]:
     return tuple(problems)
 
 
-class ArithmeticTask:
+class ArithmeticTask(FixedPoolTask):
     """Addition and subtraction of operands 0..99 with non-negative results (15,050 problems).
 
     A seeded shuffle of all problems puts the first `heldout_size` in the held-out set; train
@@ -34,26 +33,7 @@ class ArithmeticTask:
     """
 
     def __init__(self, seed: int, heldout_size: int = 500) -> None:
-        problems = _all_problems()
-        if not 1 <= heldout_size < len(problems):
-            raise ValueError(f"heldout_size must be in 1..{len(problems) - 1}, got {heldout_size}")
-        self.seed = seed
-        order = list(range(len(problems)))
-        random.Random(f"arithmetic-heldout:{seed}").shuffle(order)
-        self._heldout = [problems[i] for i in order[:heldout_size]]
-        self._pool = [problems[i] for i in sorted(order[heldout_size:])]
-
-    def train_prompts(self, round_index: int, n: int) -> list[Prompt]:
-        """`n` prompts for round `round_index`, a pure function of (seed, round_index, n)."""
-        rng = random.Random(f"arithmetic-train:{self.seed}:{round_index}")
-        out: list[Prompt] = []
-        while len(out) < n:
-            out.extend(rng.sample(self._pool, min(n - len(out), len(self._pool))))
-        return out
-
-    def heldout_prompts(self) -> list[Prompt]:
-        """The fixed held-out problems."""
-        return list(self._heldout)
+        super().__init__("arithmetic", _all_problems(), seed, heldout_size)
 
     def verify(self, prompt: Prompt, response: str) -> tuple[bool, str]:
         """Correct iff the stripped response starts with `A:<int>` and the int is the answer."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,3 +34,31 @@ class Task(Protocol):
     def reference_response(self, prompt: Prompt) -> str | None:
         """A correct response in the policy's output format (SFT target), or None if unknown."""
         ...
+
+
+class FixedPoolTask:
+    """A task over a fixed list of problems: a seeded shuffle puts the first `heldout_size` in
+    the held-out set; round r draws its train prompts from the rest with an RNG seeded by
+    (name, seed, r): distinct within a round while n <= the pool size, then further shuffled
+    passes over the pool. Subclasses give the problems and `verify`."""
+
+    def __init__(self, name: str, problems: Sequence[Prompt], seed: int, heldout_size: int) -> None:
+        if not 1 <= heldout_size < len(problems):
+            raise ValueError(f"heldout_size must be in 1..{len(problems) - 1}, got {heldout_size}")
+        self.name, self.seed = name, seed
+        order = list(range(len(problems)))
+        random.Random(f"{name}-heldout:{seed}").shuffle(order)
+        self._heldout = [problems[i] for i in order[:heldout_size]]
+        self._pool = [problems[i] for i in sorted(order[heldout_size:])]
+
+    def train_prompts(self, round_index: int, n: int) -> list[Prompt]:
+        """`n` prompts for round `round_index`, a pure function of (seed, round_index, n)."""
+        rng = random.Random(f"{self.name}-train:{self.seed}:{round_index}")
+        out: list[Prompt] = []
+        while len(out) < n:
+            out.extend(rng.sample(self._pool, min(n - len(out), len(self._pool))))
+        return out
+
+    def heldout_prompts(self) -> list[Prompt]:
+        """The fixed held-out problems."""
+        return list(self._heldout)

@@ -17,8 +17,9 @@ def _show(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _parse_line(line: str) -> tuple[Prompt, bool]:
-    """One line → (prompt, is_heldout); raises ValueError with the problem in words."""
+def parse_prompt_line(line: str) -> tuple[dict, Prompt]:
+    """A JSONL line → (its object, the prompt of its `prompt` and optional `answer` fields);
+    raises ValueError with the problem in words. Shared with `selfplay judge`'s input."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as err:
@@ -33,12 +34,19 @@ def _parse_line(line: str) -> tuple[Prompt, bool]:
         answer = str(answer)
     if answer is not None and (not isinstance(answer, str) or not answer.strip()):
         raise ValueError("field 'answer' must be a non-empty string or an integer")
+    return obj, Prompt(text, answer)
+
+
+def _parse_line(line: str) -> tuple[Prompt, bool]:
+    """One line → (prompt, is_heldout); raises ValueError with the problem in words."""
+    obj, prompt = parse_prompt_line(line)
+    answer = prompt.answer
     split = obj.get("split", "train")
     if split not in ("train", "heldout"):
         raise ValueError(f"field 'split' must be 'train' or 'heldout', got {split!r}")
     if split == "heldout" and answer is None:
         raise ValueError("a held-out prompt needs an 'answer'")
-    return Prompt(text, answer), split == "heldout"
+    return prompt, split == "heldout"
 
 
 class JsonlTask:
