@@ -1,14 +1,16 @@
 """The algorithm table: every round procedure on the quickstart task, several seeds each.
 
     python benchmarks/algorithms.py [--algorithms dpo,rft,...] [--seeds 0,1,2] [--rounds 10]
-        [--jobs 4] [--flip-rate 0.2] [--nll-weight 1] [--out runs/algorithms] [--json results.json]
+        [--jobs 4] [--flip-rate 0.2] [--epsilon 0.2] [--nll-weight 1] [--out runs/algorithms]
+        [--json results.json]
 
 Each (algorithm, seed) is configs/quickstart.yaml with `algorithm:` set (the preset fills the
 loss, its reference, the pair builder and the paper's loss hyper-parameters) and the run seed
 changed; everything else (prompts per round, K = 8 samples per prompt, training lr, steps and
 epochs) stays the quickstart's, so every row has the same generation budget per round. XPO
 splits its 8 samples into 4 from the policy and 4 from the reference. --flip-rate wraps the
-verifier in label noise (the cdpo/rdpo robustness experiment); --nll-weight adds the
+verifier in label noise (the cdpo/rdpo robustness experiment) and --epsilon sets cdpo's and
+rdpo's ε (the presets': 0.1); --nll-weight adds the
 NLL-on-chosen term to every algorithm. Runs go to parallel worker
 processes (--jobs); the SFT model of each seed is built once, before them. Prints markdown
 (mean ± sd of held-out accuracy per round over the seeds, mean wall time per run) and writes
@@ -42,10 +44,12 @@ def config_for(
     flip: float,
     out: str,
     nll_weight: float | None = None,
+    epsilon: float | None = None,
 ) -> dict:
     data = yaml.safe_load(yaml.safe_dump(base))
     slug = f"{algorithm.replace('+', '_')}-s{seed}" + (f"-flip{flip}" if flip else "")
     slug += f"-nll{nll_weight}" if nll_weight is not None else ""
+    slug += f"-eps{epsilon}" if epsilon is not None and algorithm in ("cdpo", "rdpo") else ""
     data["run"].update(name=slug, seed=seed, rounds=rounds, output_dir=f"{out}/{slug}")
     data["algorithm"] = algorithm
     # The preset decides these; the quickstart's own values would override it.
@@ -58,6 +62,8 @@ def config_for(
         data.setdefault("judge", {})["flip_rate"] = flip
     if nll_weight is not None:
         data["training"]["nll_weight"] = nll_weight
+    if epsilon is not None and algorithm in ("cdpo", "rdpo"):
+        data["training"]["epsilon"] = epsilon
     return data
 
 
@@ -82,6 +88,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--flip-rate", type=float, default=0.0)
     parser.add_argument("--nll-weight", type=float, default=None)
+    parser.add_argument("--epsilon", type=float, default=None)
     parser.add_argument("--out", default="runs/algorithms")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -93,7 +100,13 @@ def main() -> None:
         parser.error(f"unknown algorithm(s) {unknown}; known: {sorted(ALGORITHM_PRESETS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     jobs = [
-        (a, s, config_for(base, a, s, args.rounds, args.flip_rate, args.out, args.nll_weight))
+        (
+            a,
+            s,
+            config_for(
+                base, a, s, args.rounds, args.flip_rate, args.out, args.nll_weight, args.epsilon
+            ),
+        )
         for a in algorithms
         for s in seeds
     ]

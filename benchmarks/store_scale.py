@@ -1,12 +1,14 @@
 """Inspecting a store of 1M pairs: every dashboard page, `selfplay db pairs`, and a Parquet export.
 
 Fills one run (R rounds; per prompt K=4 responses, one judgment each, 2 pairs) by bulk insert:
-executemany in one transaction on SQLite, COPY on PostgreSQL. Then times, in-process:
-each dashboard page through FastAPI's TestClient (cold: the first request after start, before the
-done rounds' figures are cached; warm: the median of the next 5), `selfplay db pairs` through
-typer's CliRunner (engine creation included), and `selfplay db export --format parquet` in a
-subprocess (wall time and its peak RSS, for all pairs and for one round, to show memory flat in
-the rows). Prints a Markdown table.
+executemany in one transaction on SQLite, COPY on PostgreSQL. The bulk fill writes no round
+summaries, like a store whose rounds finished before summaries existed: the run page is timed once
+so, then `selfplay db summarize` stores them (what the driver does as each round finishes). Then
+times, in-process: each dashboard page through FastAPI's TestClient (first: the first request after
+start; warm: the median of the next 5), `selfplay db pairs|stats|rounds` through typer's CliRunner
+(engine creation included), and `selfplay db export --format parquet` in a subprocess (wall time
+and its peak RSS, for all pairs and for one round, to show memory flat in the rows). Prints a
+Markdown table.
 
     python benchmarks/store_scale.py --backend sqlite --pairs 1000000
     python benchmarks/store_scale.py --backend postgresql --pairs 1000000
@@ -206,10 +208,10 @@ def measure(url: str, rounds: int) -> list[tuple[str, float, float]]:
         ("dashboard /pairs?min_margin=0.9", "/pairs?min_margin=0.9"),
         ("dashboard /pairs?search=+1= (common)", "/pairs?search=%2B1%3D"),
         ("dashboard /pairs?search=Q: 99+98= (rare)", "/pairs?search=Q%3A%2099%2B98%3D"),
-        ("dashboard /pairs?search=zzz (no match: full scan)", "/pairs?search=zzz"),
+        ("dashboard /pairs?search=zzz (no match)", "/pairs?search=zzz"),
         ("dashboard /pairs/{id}  (pair detail)", f"/pairs/{max_id // 3}"),
     ]
-    with TestClient(create_app(url, warm=False)) as client:
+    with TestClient(create_app(url)) as client:
         for label, path in pages:
 
             def get(path: str = path) -> None:
@@ -218,24 +220,48 @@ def measure(url: str, rounds: int) -> list[tuple[str, float, float]]:
 
             results.append((label, *timed(get)))
     runner = CliRunner()
+    pairs = ["pairs", "--limit", "20"]
     for label, args in [
-        ("selfplay db pairs --limit 20  (Rich table)", []),
-        ("selfplay db pairs --limit 20 --json", ["--json"]),
+        ("selfplay db pairs --limit 20  (Rich table)", pairs),
+        ("selfplay db pairs --limit 20 --json", [*pairs, "--json"]),
         (
             f"selfplay db pairs --run bench --round {mid_round} --json",
-            ["--run", "bench", "--round", str(mid_round), "--json"],
+            [*pairs, "--run", "bench", "--round", str(mid_round), "--json"],
         ),
-        ("selfplay db pairs --min-margin 0.9 --json", ["--min-margin", "0.9", "--json"]),
-        ("selfplay db pairs --search '+1=' --json", ["--search", "+1=", "--json"]),
-        ("selfplay db pairs --after <middle id> --json", ["--after", str(max_id // 2), "--json"]),
+        ("selfplay db pairs --min-margin 0.9 --json", [*pairs, "--min-margin", "0.9", "--json"]),
+        ("selfplay db pairs --search '+1=' --json", [*pairs, "--search", "+1=", "--json"]),
+        (
+            "selfplay db pairs --after <middle id> --json",
+            [*pairs, "--after", str(max_id // 2), "--json"],
+        ),
+        ("selfplay db stats --json  (every round)", ["stats", "--json"]),
+        ("selfplay db rounds --json", ["rounds", "--json"]),
     ]:
 
-        def cli_pairs(args: list[str] = args) -> None:
-            r = runner.invoke(cli, ["db", "pairs", "--db", url, "--limit", "20", *args])
+        def cli_db(args: list[str] = args) -> None:
+            r = runner.invoke(cli, ["db", *args, "--db", url])
             assert r.exit_code == 0, r.output
 
-        results.append((label, *timed(cli_pairs)))
+        results.append((label, *timed(cli_db)))
     return results
+
+
+def summarize(url: str) -> tuple[float, float]:
+    """(run page without summaries in ms, `selfplay db summarize` in s); a no-op when stored."""
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from selfplay.cli import app as cli
+    from selfplay.dashboard import create_app
+
+    with TestClient(create_app(url)) as client:
+        t0 = time.perf_counter()
+        assert client.get("/runs/1").status_code == 200
+        page_ms = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    r = CliRunner().invoke(cli, ["db", "summarize", "--db", url])
+    assert r.exit_code == 0, r.output
+    return page_ms, time.perf_counter() - t0
 
 
 def export(url: str, extra: list[str]) -> tuple[float, float, int]:
@@ -297,6 +323,8 @@ def main() -> None:
         )
     if args.fill_only:
         return
+    page_ms, secs = summarize(url)
+    print(f"run page before `db summarize`: {page_ms:.0f} ms; `db summarize`: {secs:.1f} s")
     print(f"| {args.backend}: what | first request (ms) | warm median of 5 (ms) |")
     print("|---|---|---|")
     for label, cold, warm in measure(url, args.rounds):

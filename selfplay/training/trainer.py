@@ -13,7 +13,13 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from selfplay.config import TrainingConfig
-from selfplay.training.logprobs import build_batch, sequence_logprobs
+from selfplay.training.logprobs import (
+    build_batch,
+    build_prompt_groups,
+    grouped_logprobs,
+    sequence_logprobs,
+    takes_custom_masks,
+)
 from selfplay.training.losses import LOSSES, LossFn, LossParams, PairLogps, nll_term
 
 
@@ -99,6 +105,31 @@ def _column(batch: list[PairExample], name: str, device: torch.device) -> Tensor
     return torch.tensor(values, dtype=dtype, device=device)
 
 
+def _policy_logps(
+    model: PreTrainedModel, batch: list[PairExample], pad_id: int, shared: bool
+) -> tuple[Tensor, Tensor]:
+    """S_θ of the chosen [n] and rejected [n] responses, both in one forward.
+
+    `shared`: one row per pair, its prompt computed once (PromptGroups); otherwise 2n rows.
+    """
+    device = next(model.parameters()).device
+    if shared:
+        groups = build_prompt_groups(
+            [p.prompt_ids for p in batch],
+            [[p.chosen_ids, p.rejected_ids] for p in batch],
+            pad_id,
+        )
+        logps = grouped_logprobs(model, groups.to(device))
+        return logps[:, 0], logps[:, 1]
+    prompts = [p.prompt_ids for p in batch] * 2
+    responses = [p.chosen_ids for p in batch] + [p.rejected_ids for p in batch]
+    input_ids, attention_mask, response_mask = (
+        x.to(device) for x in build_batch(prompts, responses, pad_id)
+    )
+    logps = sequence_logprobs(model, input_ids, attention_mask, response_mask)
+    return logps[: len(batch)], logps[len(batch) :]
+
+
 def _step(
     model: PreTrainedModel,
     batch: list[PairExample],
@@ -107,27 +138,23 @@ def _step(
     nll_weight: float,
     pad_id: int,
     autocast: bool,
-) -> tuple[Tensor, dict[str, float]]:
-    """One forward of chosen and rejected concatenated into a single batch; the loss and metrics."""
-    n = len(batch)
-    prompts = [p.prompt_ids for p in batch] * 2
-    responses = [p.chosen_ids for p in batch] + [p.rejected_ids for p in batch]
+    shared: bool,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One forward of chosen and rejected together; the loss and (unsynced) metrics."""
     device = next(model.parameters()).device
-    input_ids, attention_mask, response_mask = (
-        x.to(device) for x in build_batch(prompts, responses, pad_id)
-    )
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext()
     with ctx:
-        logps = sequence_logprobs(model, input_ids, attention_mask, response_mask)
-    logps = logps.float()
-    lengths = response_mask.sum(-1)
+        chosen, rejected = _policy_logps(model, batch, pad_id, shared)
+    lengths = torch.tensor(
+        [[len(p.chosen_ids), len(p.rejected_ids)] for p in batch], dtype=torch.long, device=device
+    )
     b = PairLogps(
-        policy_chosen=logps[:n],
-        policy_rejected=logps[n:],
+        policy_chosen=chosen.float(),
+        policy_rejected=rejected.float(),
         ref_chosen=_column(batch, "ref_chosen_logp", device),
         ref_rejected=_column(batch, "ref_rejected_logp", device),
-        chosen_len=lengths[:n],
-        rejected_len=lengths[n:],
+        chosen_len=lengths[:, 0],
+        rejected_len=lengths[:, 1],
         prev_chosen=_column(batch, "prev_chosen_logp", device),
         prev_rejected=_column(batch, "prev_rejected_logp", device),
         chosen_target=_column(batch, "chosen_target", device),
@@ -147,9 +174,11 @@ def _step(
 
 
 def _optimizer(params: list[torch.nn.Parameter], cfg: TrainingConfig) -> torch.optim.Optimizer:
+    # foreach/fused: a few kernels for the whole update instead of ~10 per parameter tensor
+    # (torch defaults to the per-tensor loop on CPU).
     if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fused = all(p.is_cuda for p in params)  # one kernel for the whole update on a GPU
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    fused = all(p.is_cuda or p.device.type == "cpu" for p in params)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
@@ -203,6 +232,7 @@ def train_on_pairs(
     total = planned_steps(len(pairs), cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
     autocast = cfg.bf16 and next(model.parameters()).is_cuda
+    shared = cfg.shared_prompt and takes_custom_masks(model)
     accum = cfg.grad_accum_steps
     totals: dict[str, float] = {}
     step = 0
@@ -220,7 +250,7 @@ def train_on_pairs(
                 for indices in group:
                     batch = [pairs[i] for i in indices]
                     loss, metrics = _step(
-                        model, batch, loss_fn, params, cfg.nll_weight, pad_id, autocast
+                        model, batch, loss_fn, params, cfg.nll_weight, pad_id, autocast, shared
                     )
                     (loss / len(group)).backward()
                     for k, v in metrics.items():

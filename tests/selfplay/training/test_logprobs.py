@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from selfplay.training.logprobs import build_batch, score_responses, sequence_logprobs
+from selfplay.training.logprobs import (
+    build_batch,
+    build_prompt_groups,
+    grouped_logprobs,
+    score_responses,
+    sequence_logprobs,
+)
 
 PAD = 0
 PROMPTS = [[1, 5, 6, 7, 8, 9], [1, 3], [1, 4, 4, 11]]
@@ -84,3 +90,54 @@ def test_score_responses_batches_in_eval_mode(tiny_llama):
     scores = score_responses(model, PROMPTS, RESPONSES, PAD, batch_size=2)
     assert scores == pytest.approx(want, abs=1e-5)
     assert model.training  # the caller's mode is restored
+
+
+GROUPS = [[[12, 2], [7, 8, 9, 2], [3]], [[13, 14, 15, 16, 2]], [[17], [18, 2]]]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_grouped_logprobs_match_one_sequence_per_response(tiny_llama, attn):
+    model = tiny_llama(attn_implementation=attn)
+    with torch.no_grad():
+        got = grouped_logprobs(model, build_prompt_groups(PROMPTS, GROUPS, PAD))
+    want = [
+        [hand_logprob(model, p, r) for r in rs] + [0.0] * (3 - len(rs))
+        for p, rs in zip(PROMPTS, GROUPS, strict=True)
+    ]
+    torch.testing.assert_close(got, torch.tensor(want), atol=1e-5, rtol=0)
+
+
+def test_build_prompt_groups_positions_restart_after_the_prompt():
+    g = build_prompt_groups([[1, 5]], [[[6, 2], [7, 8, 2]]], PAD)
+    # Each response's last token is only a target, never fed.
+    assert g.input_ids.tolist() == [[1, 5, 6, 7, 8]]
+    assert g.position_ids.tolist() == [[0, 1, 2, 2, 3]]
+    # The second response (column 4) sees the prompt and itself, not the first response.
+    assert g.attention_mask[0, 0, 4].tolist() == [True, True, False, True, True]
+    assert g.target.tolist() == [[6, 2, 7, 8, 2]] and g.owner.tolist() == [[0, 0, 1, 1, 1]]
+    # Columns within the last span = 4: the last prompt token predicts both first tokens.
+    assert g.span == 4 and g.source.tolist() == [[0, 1, 0, 2, 3]]
+
+
+def test_grouped_logprobs_have_the_gradient_of_separate_sequences(tiny_llama):
+    shared, separate = tiny_llama(), tiny_llama()
+    weights = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.0, 0.0], [-1.0, 2.0, 0.0]])
+    (grouped_logprobs(shared, build_prompt_groups(PROMPTS, GROUPS, PAD)) * weights).sum().backward()
+    prompts = [p for p, rs in zip(PROMPTS, GROUPS, strict=True) for _ in rs]
+    responses = [r for rs in GROUPS for r in rs]
+    flat = torch.tensor(
+        [w for ws, rs in zip(weights.tolist(), GROUPS, strict=True) for w in ws[: len(rs)]]
+    )
+    (sequence_logprobs(separate, *build_batch(prompts, responses, PAD)) * flat).sum().backward()
+    for a, b in zip(shared.parameters(), separate.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_score_responses_shares_prompts_and_keeps_the_order(tiny_llama):
+    model = tiny_llama()
+    prompts = [p for p, rs in zip(PROMPTS, GROUPS, strict=True) for _ in rs] * 2
+    responses = [r for rs in GROUPS for r in rs] * 2
+    want = [hand_logprob(model, p, r) for p, r in zip(prompts, responses, strict=True)]
+    assert score_responses(model, prompts, responses, PAD, batch_size=3) == pytest.approx(
+        want, abs=1e-5
+    )

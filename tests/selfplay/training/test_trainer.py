@@ -183,6 +183,23 @@ def test_grad_accumulation_matches_one_big_batch(tiny_llama):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_shared_prompt_trains_like_two_sequences_per_pair(tiny_llama):
+    # Prefix sharing changes the layout, not the maths: same losses, same updates.
+    shared, separate = tiny_llama(), tiny_llama()
+    pairs = make_pairs(shared)
+    runs = []
+    for model, flag in ((shared, True), (separate, False)):
+        history: list[dict] = []
+        cfg = config(batch_size=3, max_steps=4, epochs=2, shared_prompt=flag)
+        train_on_pairs(model, pairs, cfg, PAD, seed=1, on_step=history_of(history))
+        runs.append(history)
+    for a, b in zip(*runs, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    for a, b in zip(shared.parameters(), separate.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_cosine_schedule_decays_to_zero(tiny_llama):
     model = tiny_llama()
     lrs = []
