@@ -68,22 +68,37 @@ def run(
         )
 
 
+# Judge meta-evaluation figures (stage `judge_eval`) shown by `status` when a run has them.
+_JUDGE_EVAL_COLUMNS = {
+    "verifier_agreement": "judge agrees",
+    "position_bias_rate": "position bias",
+    "failed_rate": "judge failed",
+}
+
+
 @app.command()
 def status(
     db: DbOption = None,
     run_name: Annotated[str | None, typer.Option("--run", help="Run name (default: all).")] = None,
 ) -> None:
-    """Print each run's rounds: stage, pairs, held-out accuracy, wall time."""
+    """Print each run's rounds: stage, pairs, held-out accuracy, wall time, and the judge's
+    meta-evaluation (agreement with the verifier, position bias, failed share) when stored."""
     from sqlalchemy import inspect, select
     from sqlalchemy.orm import Session
 
     from db import queries
     from db.engine import make_engine
-    from db.models import Run
+    from db.inspect import stage_metrics
+    from db.migrate import check_current
+    from db.models import EXTERNAL_CHECKPOINT_PREFIX, Run
 
     engine = make_engine(_db_url(db))
     if not inspect(engine).has_table("runs"):
         raise _fail(f"no selfplay store at {_db_url(db)} (run `selfplay run` first)", 1)
+    try:
+        check_current(engine, _db_url(db))
+    except RuntimeError as e:
+        raise _fail(str(e), 1) from None
     with engine.connect() as conn, Session(bind=conn) as s:
         runs = list(s.scalars(select(Run).order_by(Run.id)))
         if run_name is not None:
@@ -91,15 +106,23 @@ def status(
             if not runs:
                 raise _fail(f"no run named {run_name!r} in {_db_url(db)}", 1)
         for r in runs:
+            judge_eval = stage_metrics(s, r.id, "judge_eval")
+            shown = [m for m in _JUDGE_EVAL_COLUMNS if any(m in v for v in judge_eval.values())]
             table = Table(title=f"run {r.name}")
-            for col in ("round", "stage", "responses", "pairs", "held-out acc", "wall time"):
+            columns = ("round", "stage", "responses", "pairs", "held-out acc", "wall time")
+            for col in (*columns, *(_JUDGE_EVAL_COLUMNS[m] for m in shown)):
                 table.add_column(col, justify="right" if col != "stage" else "left")
             initial = queries.get_checkpoint(s, r.id, -1)
             if initial is not None:
                 acc = initial.heldout_accuracy
-                table.add_row("initial", "sft", "", "", format_accuracy(acc), "")
+                external = initial.path.startswith(EXTERNAL_CHECKPOINT_PREFIX)
+                stage = "external" if external else "sft"
+                table.add_row(
+                    "initial", stage, "", "", format_accuracy(acc), "", *[""] * len(shown)
+                )
             for row in queries.round_summaries(s, r.id):
                 stage = row.status + (f": {row.error.splitlines()[0]}" if row.error else "")
+                evals = judge_eval.get(row.index, {})
                 table.add_row(
                     str(row.index),
                     stage,
@@ -107,9 +130,51 @@ def status(
                     str(row.pairs),
                     format_accuracy(row.heldout_accuracy),
                     f"{row.wall_time_s:.1f}s",
+                    *(f"{evals[m]:.3f}" if m in evals else "" for m in shown),
                 )
             out.print(table)
     engine.dispose()
+
+
+@app.command()
+def judge(
+    config: Annotated[Path, typer.Argument(help="YAML config (its judge, store and pairing).")],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help='JSONL: {"prompt": ..., "response": ...} or {"prompt": ..., "responses": [...]} '
+            'a line, "answer" optional.'
+        ),
+    ],
+    run_name: Annotated[
+        str | None, typer.Option("--run", help="Run to store them under (default: run.name).")
+    ] = None,
+    pairs: Annotated[
+        bool, typer.Option("--pairs", help="Also build pairs with the configured builder.")
+    ] = False,
+) -> None:
+    """Label a JSONL of prompts and responses with the config's judge, into the store
+    (resumable: run it again and it judges only what is missing)."""
+    from selfplay.labeling import LabelDataError, label_file
+    from selfplay.tasks import TaskDataError
+
+    cfg = _config_or_exit(config)
+    if run_name is not None:
+        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": run_name})})
+    _quiet_transformers()
+    err.print(f"run [bold]{cfg.run.name}[/]: store {cfg.db_url}", highlight=False)
+    try:
+        result = label_file(cfg, data, pairs=pairs, reporter=RichReporter(out))
+    except ConfigError as e:
+        raise _fail(str(e), 2) from None
+    except (LabelDataError, TaskDataError) as e:
+        raise _fail(str(e), 1) from None
+    out.print(
+        f"{result.prompts} prompts, {result.responses} responses ({result.stored_now} new); "
+        f"judged {result.judged_now} now, {result.failed} failed in all"
+        + (f"; {result.pairs} pairs" if pairs else ""),
+        highlight=False,
+    )
 
 
 @app.command()

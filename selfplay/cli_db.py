@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,10 +41,12 @@ SearchOption = Annotated[
 
 @contextmanager
 def _session(db: str | None) -> Iterator[Session]:
-    """A read-only session on the store, or a clean exit 1 when there is none or a filter is bad."""
+    """A session on the store, or a clean exit 1 when there is none, its schema is behind this
+    selfplay's, or a filter is bad."""
     from sqlalchemy import inspect
 
     from db.engine import make_engine
+    from db.migrate import check_current
 
     url = _db_url(db)
     try:
@@ -54,6 +57,11 @@ def _session(db: str | None) -> Iterator[Session]:
     if not has_store:
         engine.dispose()
         raise _fail(f"no selfplay store at {url} (run `selfplay run` first)", 1)
+    try:
+        check_current(engine, url)
+    except RuntimeError as e:
+        engine.dispose()
+        raise _fail(str(e), 1) from None
     try:
         with Session(bind=engine) as s:
             yield s
@@ -96,8 +104,10 @@ def db_stats(
         runs = q.select_runs(s, run)
         stats = []
         for r in runs:
-            rounds = [q.get_round(s, r.id, round_)] if round_ is not None else q.run_rounds(s, r)
-            stats.extend(q.round_stats(s, r, rnd) for rnd in rounds)
+            if round_ is None:
+                stats.extend(q.run_stats(s, r))
+            else:
+                stats.append(q.round_stats(s, r, q.get_round(s, r.id, round_)))
     if as_json:
         _print_json([st.to_dict() for st in stats])
         return
@@ -127,6 +137,8 @@ def _stats_table(run_name: str, stats: list[Any]) -> Table:
         ("chosen tokens", lambda st: _fmt(st.mean_chosen_tokens, 1)),
         ("rejected tokens", lambda st: _fmt(st.mean_rejected_tokens, 1)),
         ("judge agreement", lambda st: _fmt(st.judge_agreement)),
+        ("agreement with verifier", lambda st: _fmt(st.verifier_agreement)),
+        ("position-bias rate", lambda st: _fmt(st.position_bias_rate)),
         ("reward margin", lambda st: _fmt(st.reward_margin)),
         ("held-out acc", lambda st: _fmt(st.heldout_accuracy)),
         ("wall time", lambda st: f"{st.wall_time_s:.1f}s"),
@@ -166,6 +178,28 @@ def db_rounds(db: DbOption = None, run: RunOption = None, as_json: JsonOption = 
             f"{row['wall_time_s']:.1f}s",
         )
     out.print(table)
+
+
+@db_app.command("summarize")
+def db_summarize(db: DbOption = None, run: RunOption = None) -> None:
+    """Store the summary of every done round that has none (rounds finished before summaries)."""
+    from db import inspect as q
+    from db import queries
+
+    with _session(db) as s:
+        for r in q.select_runs(s, run):
+            rounds = q.unsummarized_rounds(s, r)
+            for rnd in rounds:
+                start = time.perf_counter()
+                queries.write_round_summary(s, rnd)
+                s.commit()  # one round at a time: an interrupted backfill keeps what it did
+                out.print(
+                    f"run {r.name} round {rnd.index}: summarized "
+                    f"({time.perf_counter() - start:.1f}s)",
+                    highlight=False,
+                )
+            if not rounds:
+                out.print(f"run {r.name}: every done round has its summary", highlight=False)
 
 
 @db_app.command("pairs")

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class _Strict(BaseModel):
@@ -33,7 +40,9 @@ class StoreConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    name: Literal["arithmetic", "jsonl"] = Field("arithmetic", description="Prompt source.")
+    name: Literal["arithmetic", "code", "jsonl"] = Field(
+        "arithmetic", description="Prompt source: arithmetic, code (write a function), jsonl."
+    )
     prompts_per_round: int = Field(2048, ge=1, description="Fresh train prompts drawn each round.")
     heldout_size: int = Field(500, ge=1, description="Size of the fixed held-out set.")
     path: Path | None = Field(None, description="JSONL file of {'prompt': ...} lines (task jsonl).")
@@ -153,8 +162,123 @@ class GenerationConfig(_Strict):
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig, description="backend: openai.")
 
 
+class ApiJudgeConfig(_Strict):
+    """The `api` judge: any OpenAI-compatible endpoint through the `openai` client."""
+
+    base_url: str | None = Field(
+        None, description="Endpoint, e.g. http://host:8000/v1; unset: the openai client's default."
+    )
+    model: str | None = Field(None, description="Judge model name (required for the api judge).")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="Environment variable holding the key; the key itself is never stored.",
+    )
+    mode: Literal["pointwise", "pairwise"] = Field(
+        "pointwise",
+        description="pointwise: a rubric score per response; pairwise: each response's win rate "
+        "against its siblings, both orders evaluated and averaged.",
+    )
+    rubric: str | None = Field(
+        None,
+        description="Pointwise rubric with {prompt}, {response} and {scale} placeholders; "
+        "unset: the built-in one.",
+    )
+    scale: int = Field(
+        10, ge=1, description="Top of the pointwise scale: an answer 'Score: N' scores N/scale."
+    )
+    max_concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
+    max_retries: int = Field(
+        5, ge=0, description="Retries on 408/409/429, 5xx, timeouts and connection errors."
+    )
+    backoff_base_s: float = Field(
+        0.5, gt=0, description="Retry delay cap before jitter: base·2^attempt, full jitter."
+    )
+    backoff_max_s: float = Field(
+        30.0, gt=0, description="Cap of one retry delay, a server's Retry-After included."
+    )
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature of the judge model.")
+    max_tokens: int = Field(512, ge=1, description="Completion limit per judgment.")
+    cache: bool = Field(True, description="Reuse stored answers for identical requests.")
+    input_cost_per_mtok: float = Field(0.0, ge=0, description="Price per 1M prompt tokens.")
+    output_cost_per_mtok: float = Field(0.0, ge=0, description="Price per 1M completion tokens.")
+
+    @model_validator(mode="after")
+    def _rubric_fields(self) -> ApiJudgeConfig:
+        if self.rubric is not None:
+            try:
+                self.rubric.format(prompt="", response="", scale=self.scale)
+            except (KeyError, IndexError, ValueError) as err:
+                raise ValueError(
+                    f"rubric: placeholders are {{prompt}}, {{response}} and {{scale}} "
+                    f"(double other braces): {type(err).__name__}: {err}"
+                ) from None
+            if "{response}" not in self.rubric:
+                raise ValueError("rubric: must contain the {response} placeholder")
+        return self
+
+
+class ToolJudgeConfig(_Strict):
+    """The `tool` critic: runs the response's code in a sandboxed Python process."""
+
+    wall_timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit per execution.")
+    cpu_time_s: int = Field(5, ge=1, description="RLIMIT_CPU of the sandbox process.")
+    memory_mb: int = Field(512, ge=16, description="RLIMIT_AS of the sandbox process.")
+    max_processes: int = Field(
+        16, ge=1, description="RLIMIT_NPROC of the sandbox (where it holds)."
+    )
+    max_file_mb: int = Field(16, ge=1, description="RLIMIT_FSIZE: largest file it may write.")
+    max_output_chars: int = Field(4000, ge=100, description="Output kept in the trace.")
+    max_parallel: int = Field(2, ge=1, description="Sandboxed runs at once (unit-test tasks).")
+
+
+class SelfJudgeConfig(_Strict):
+    """The `self` judge: the policy as LLM-as-a-judge with the additive 5-point prompt."""
+
+    max_new_tokens: int = Field(64, ge=1, description="Tokens the policy may write per judgment.")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature of the judgment.")
+    prompt_template: str | None = Field(
+        None,
+        description="Judge prompt with {prompt} and {response}; unset: the additive 5-point "
+        "rubric (selfplay.judges.self_judge.ADDITIVE_PROMPT).",
+    )
+
+    @model_validator(mode="after")
+    def _template_fields(self) -> SelfJudgeConfig:
+        for key in ("{prompt}", "{response}"):
+            if self.prompt_template is not None and key not in self.prompt_template:
+                raise ValueError(f"self_judge.prompt_template must contain {key}")
+        return self
+
+
+class RewardModelJudgeConfig(_Strict):
+    """The `reward_model` judge: a transformers sequence-classification model."""
+
+    path: str | None = Field(None, description="Model directory or hub id (required).")
+    batch_size: int = Field(32, ge=1, description="Responses scored per forward pass.")
+    max_length: int = Field(1024, ge=8, description="Truncation length of prompt + response.")
+
+
+class EnsembleConfig(_Strict):
+    """The `ensemble` judge: members' scores z-normalised, then aggregated."""
+
+    members: list[JudgeConfig] = Field(default_factory=list, description="The member judges.")
+    aggregate: Literal["mean", "worst", "uncertainty"] = Field(
+        "mean", description="mean R̄; worst-case min_i R_i; uncertainty-weighted R̄ − λ·Var_i R_i."
+    )
+    uncertainty_weight: float = Field(0.5, ge=0, description="λ of the uncertainty aggregate.")
+    normalize: Literal["z", "none"] = Field(
+        "z", description="Per-judge z-normalisation before aggregating."
+    )
+
+
 class JudgeConfig(_Strict):
-    name: Literal["verifier"] = Field("verifier", description="Judge that labels responses.")
+    name: str = Field(
+        "verifier",
+        min_length=1,
+        description="Judge that labels responses: verifier, tool, self, api, reward_model, "
+        "ensemble, an entry point of the group `selfplay.judges`, or `package.module:attr`.",
+    )
     repeats: int = Field(
         1, ge=1, description="Judgments per response (averaged; Self-Rewarding uses 3)."
     )
@@ -164,7 +288,46 @@ class JudgeConfig(_Strict):
         lt=1,
         description="Label-noise experiments: flip this fraction of 0/1 verdicts (seeded).",
     )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form options for a third-party judge."
+    )
+    meta_eval_prompts: int = Field(
+        32,
+        ge=0,
+        description="Judge meta-evaluation each round over this many prompts (agreement with "
+        "the task's verifier, position bias); 0: off.",
+    )
+    api: ApiJudgeConfig = Field(default_factory=ApiJudgeConfig, description="name: api.")
+    tool: ToolJudgeConfig = Field(default_factory=ToolJudgeConfig, description="name: tool.")
+    self_judge: SelfJudgeConfig = Field(default_factory=SelfJudgeConfig, description="name: self.")
+    reward_model: RewardModelJudgeConfig = Field(
+        default_factory=RewardModelJudgeConfig, description="name: reward_model."
+    )
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig, description="name: ensemble.")
 
+    @field_validator("name")
+    @classmethod
+    def _known_judge(cls, name: str) -> str:
+        from selfplay.judges import JudgeNotFound, resolve_factory
+
+        try:
+            resolve_factory(name)
+        except JudgeNotFound as err:
+            raise ValueError(str(err)) from None
+        return name
+
+    @model_validator(mode="after")
+    def _section_for_judge(self) -> JudgeConfig:
+        if self.name == "api" and not self.api.model:
+            raise ValueError("api.model is required for the api judge")
+        if self.name == "reward_model" and not self.reward_model.path:
+            raise ValueError("reward_model.path is required for the reward_model judge")
+        if self.name == "ensemble" and len(self.ensemble.members) < 2:
+            raise ValueError("ensemble.members needs at least two member judges")
+        return self
+
+
+EnsembleConfig.model_rebuild()
 
 PairBuilderName = Literal["max_min", "max_random", "self_rewarding", "dno", "inpo", "sppo", "xpo"]
 
@@ -195,6 +358,53 @@ class PairingConfig(_Strict):
     def _replay_fractions(self) -> PairingConfig:
         if any(not 0 <= f <= 1 for f in self.replay):
             raise ValueError("pairing.replay: every fraction must be in [0, 1]")
+        return self
+
+
+DEFAULT_REVISE_TEMPLATE = (
+    "{prompt}\n\nYour previous answer:\n{response}\n\nA reviewer's critique of it:\n"
+    "{critique}\n\nWrite an improved answer to the original request. Reply with the answer "
+    "only.\n"
+)
+
+
+class ReviseConfig(_Strict):
+    """Critique → revise: the round's policy rewrites judged responses given their critique;
+    (revision, original) becomes a pair (builder "revise") when the judge scores the revision
+    strictly higher."""
+
+    enabled: bool = Field(False, description="Run the revising stage between judging and pairing.")
+    max_per_round: int = Field(
+        256, ge=1, description="At most this many revisions per round (a seeded choice)."
+    )
+    only_failed: bool = Field(
+        True,
+        description="Revise only responses that failed, i.e. scored below pass_score; false: "
+        "any judged policy sample.",
+    )
+    pass_score: float | None = Field(
+        1.0,
+        description="With only_failed, a score below this failed (1.0: a 0/1 verifier's wrong "
+        "answers; 5 for a 1–5 judge); unset: below the best score of the round's samples.",
+    )
+    prompt_template: str = Field(
+        DEFAULT_REVISE_TEMPLATE,
+        description="What the policy is asked: {prompt}, {response} and {critique} filled in.",
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Length limit of a revision; unset: generation.max_new_tokens."
+    )
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0: greedy.")
+
+    @model_validator(mode="after")
+    def _template_fields(self) -> ReviseConfig:
+        try:
+            self.prompt_template.format(prompt="", response="", critique="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(
+                f"revise.prompt_template: {type(err).__name__} {err} (the template may use "
+                "{prompt}, {response} and {critique}; write other braces doubled: {{ }})"
+            ) from None
         return self
 
 
@@ -252,6 +462,12 @@ class TrainingConfig(_Strict):
         True, description="bf16 autocast when training on a GPU (ignored on CPU: float32)."
     )
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters (peft) instead.")
+    shared_prompt: bool = Field(
+        True,
+        description="Chosen and rejected share one forward of their prompt (a 4D attention "
+        "mask); models whose attention takes no custom mask (flash-attention) fall back to "
+        "two sequences per pair.",
+    )
 
     @model_validator(mode="after")
     def _loss_params(self) -> TrainingConfig:
@@ -328,6 +544,7 @@ class SelfplayConfig(_Strict):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     pairing: PairingConfig = Field(default_factory=PairingConfig)
+    revise: ReviseConfig = Field(default_factory=ReviseConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
@@ -356,6 +573,15 @@ class SelfplayConfig(_Strict):
             raise ValueError(
                 "generation.reference_samples must be >= 1 for the xpo builder "
                 "(it pairs policy samples with reference samples)"
+            )
+        if self.revise.enabled and builder in ("sppo", "xpo"):
+            raise ValueError(
+                f"revise.enabled does not combine with the {builder} builder: "
+                + (
+                    "its loss needs win-probability targets that revise pairs do not have"
+                    if builder == "sppo"
+                    else "its pairs are policy vs reference samples, and a revision is neither"
+                )
             )
         if self.executor.broker_url and not self.run.output_dir.is_absolute():
             raise ValueError(
@@ -422,7 +648,7 @@ ALGORITHM_PRESETS: dict[str, dict] = {
     "self_rewarding": {
         "training": {"loss": "dpo", "beta": 0.1, "reference": "previous"},
         "pairing": {"builder": "self_rewarding", "max_pairs_per_prompt": 1},
-        "judge": {"repeats": 3},
+        "judge": {"name": "self", "repeats": 3},
     },
 }
 

@@ -19,14 +19,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.engine import make_engine, session_factory, transaction
 from db.migrate import upgrade
-from db.models import Checkpoint, Round, RoundStatus, Run
+from db.models import EXTERNAL_CHECKPOINT_PREFIX, Checkpoint, Round, RoundStatus, Run
 from selfplay.config import ConfigError, ExecutorConfig, SelfplayConfig
 from selfplay.executor import Executor, make_executor
-from selfplay.judges import make_judge
 from selfplay.progress import Reporter, SilentReporter, format_accuracy
 from selfplay.sft import prepare_policy
-from selfplay.stages import Context, evaluate_checkpoint
-from selfplay.tasks import make_task
+from selfplay.stages import Context, evaluate_checkpoint, make_context
 
 # Fields that may change between invocations of the same run without changing its data.
 _RESUMABLE_FIELDS = {("run", "rounds"), ("store", "url"), ("model", "cache_dir")} | {
@@ -65,6 +63,13 @@ def ensure_run(sessions: sessionmaker[Session], cfg: SelfplayConfig) -> int:
 def ensure_initial_checkpoint(ctx: Context) -> int:
     """Build (or reuse) the round-0 policy and record it as checkpoint -1."""
     cfg = ctx.cfg
+    with ctx.sessions() as s:
+        existing = queries.get_checkpoint(s, ctx.run_id, -1)
+    if existing is not None and existing.path.startswith(EXTERNAL_CHECKPOINT_PREFIX):
+        raise ConfigError(
+            f"run {cfg.run.name!r} holds responses labelled by `selfplay judge` "
+            f"({existing.path}), not a loop: choose another run.name"
+        )
     with ctx.reporter.bar("SFT of the initial policy", cfg.model.sft.steps) as advance:
         path = prepare_policy(
             cfg.model, ctx.task, cfg.run.seed, progress=lambda step, total, loss: advance(1)
@@ -148,6 +153,9 @@ def _set_status(ctx: Context, round_id: int, status: str, error: str | None = No
         rnd.status, rnd.error = status, error
         if status == RoundStatus.DONE:
             rnd.finished_at = dt.datetime.now(dt.UTC)
+            # A done round's rows never change again: store its aggregates in the same
+            # transaction, so that the dashboard and `db stats` read one row instead of them.
+            queries.write_round_summary(s, rnd)
 
 
 def _add_wall_time(ctx: Context, round_id: int, seconds: float) -> None:
@@ -187,15 +195,7 @@ def run_loop(
     engine = make_engine(cfg.db_url)
     upgrade(engine)
     sessions = session_factory(engine)
-    task = make_task(cfg.task, cfg.run.seed)
-    ctx = Context(
-        cfg=cfg,
-        sessions=sessions,
-        run_id=ensure_run(sessions, cfg),
-        task=task,
-        judge=make_judge(cfg.judge, task, cfg.run.seed),
-        reporter=reporter,
-    )
+    ctx = make_context(cfg, sessions, ensure_run(sessions, cfg), reporter)
     try:
         executor = make_executor(cfg.executor)
         initial = ensure_initial_checkpoint(ctx)

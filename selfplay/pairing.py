@@ -283,6 +283,24 @@ def xpo_pairs(scored: Sequence[ScoredResponse], p: PairParams, seed: int) -> lis
     return pairs
 
 
+def revision_pairs(scored: Sequence[ScoredResponse]) -> list[PairChoice]:
+    """Critique → revise: (revision, original) for each revision the judge scored strictly
+    higher than the response it revises (rows with `revises_id` set are revisions).
+
+    Not a selectable builder: stages.pair_round adds these pairs (builder "revise") next to the
+    configured builder's, which never sees revisions. No cap per prompt (revise.max_per_round
+    caps revisions) and no length penalty; a revision or original without a successful
+    judgment makes no pair.
+    """
+    by_id = {s.response_id: s for s in scored}
+    pairs: list[PairChoice] = []
+    for revision in scored:
+        original = by_id.get(revision.revises_id) if revision.revises_id is not None else None
+        if original is not None and revision.score > original.score:
+            pairs.append(_choice(revision, original))
+    return pairs
+
+
 def replay_choice(
     earlier: Sequence[Sequence[int]], fractions: Sequence[float], current: int, seed: int
 ) -> list[int]:

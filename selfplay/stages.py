@@ -1,4 +1,4 @@
-"""The stage functions of a round: generate, judge, pair, train, evaluate.
+"""The stage functions of a round: generate, judge, revise, pair, train, evaluate.
 
 Each computes its missing work from the store, does it in chunks and commits each chunk, so a
 stage killed at any point and run again finishes the same work with no duplicate rows (unique
@@ -8,6 +8,7 @@ distributed executor runs the same functions as Celery tasks.
 
 from __future__ import annotations
 
+import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +23,12 @@ from selfplay.config import SelfplayConfig
 from selfplay.devices import default_device
 from selfplay.faults import commit_point
 from selfplay.generation import make_backend
-from selfplay.generation.base import GenerationBackend, SamplingParams
-from selfplay.judges import Judge, JudgeItem
-from selfplay.pairing import PAIR_BUILDERS, PairParams, replay_choice
+from selfplay.generation.base import GenerationBackend, Sample, SamplingParams
+from selfplay.judges import Judge, JudgeEnv, JudgeItem, PolicyHandle, make_judge, safe_judge
+from selfplay.judges.meta_eval import Checked, position_bias_rate, verifier_agreement
+from selfplay.pairing import PAIR_BUILDERS, PairParams, replay_choice, revision_pairs
 from selfplay.progress import Reporter
+from selfplay.tasks import make_task
 from selfplay.tasks.base import Prompt as TaskPrompt
 from selfplay.tasks.base import Task
 from selfplay.training.losses import LOSSES
@@ -44,6 +47,7 @@ class Context:
     task: Task
     judge: Judge
     reporter: Reporter
+    judge_env: JudgeEnv | None = None
     _backend: GenerationBackend | None = field(default=None, repr=False)
 
     @property
@@ -55,11 +59,38 @@ class Context:
 
     def close(self) -> None:
         """Shut the generation engine down if it runs processes of its own (vLLM's engine
-        core, SGLang, a server selfplay started); a process left with them hangs at exit."""
+        core, SGLang, a server selfplay started); a process left with them hangs at exit.
+        Close the judge too if it holds resources (the api judge's HTTP client and loop)."""
         close = getattr(self._backend, "close", None)
         if close is not None:
             close()
         self._backend = None
+        close_judge = getattr(self.judge, "close", None)
+        if close_judge is not None:
+            close_judge()
+
+
+def make_context(
+    cfg: SelfplayConfig, sessions: sessionmaker[Session], run_id: int, reporter: Reporter
+) -> Context:
+    """The run's Context: its task, and its judge built with a handle on the run's policy."""
+    task = make_task(cfg.task, cfg.run.seed)
+    env = JudgeEnv(
+        task=task,
+        seed=cfg.run.seed,
+        sessions=sessions,
+        policy=PolicyHandle(lambda: ctx.backend),
+    )
+    ctx = Context(
+        cfg=cfg,
+        sessions=sessions,
+        run_id=run_id,
+        task=task,
+        judge=make_judge(cfg.judge, env),
+        reporter=reporter,
+        judge_env=env,
+    )
+    return ctx
 
 
 def derive_seed(*parts: int) -> int:
@@ -108,6 +139,29 @@ def _sources(ctx: Context) -> list[tuple[str, int, int]]:
     return out
 
 
+def _response_row(
+    round_id: int,
+    prompt_id: int,
+    sample_index: int,
+    checkpoint_id: int,
+    sample: Sample,
+    revises_id: int | None = None,
+) -> dict:
+    """A `responses` row for a generated sample."""
+    return dict(
+        round_id=round_id,
+        prompt_id=prompt_id,
+        sample_index=sample_index,
+        checkpoint_id=checkpoint_id,
+        text=sample.text,
+        token_ids=sample.token_ids,
+        num_tokens=len(sample.token_ids),
+        logprob=sample.logprob,
+        finish_reason=sample.finish_reason,
+        revises_id=revises_id,
+    )
+
+
 def generate_block(ctx: Context, round_id: int, block: int, source: str = "policy") -> int:
     """Generate the samples of one source for every prompt of one block; returns rows stored.
 
@@ -146,17 +200,7 @@ def generate_block(ctx: Context, round_id: int, block: int, source: str = "polic
     )
     outputs = ctx.backend.generate([p.text for p in prompts], params)
     rows = [
-        dict(
-            round_id=round_id,
-            prompt_id=prompt.id,
-            sample_index=first + k,
-            checkpoint_id=policy.id,
-            text=sample.text,
-            token_ids=sample.token_ids,
-            num_tokens=len(sample.token_ids),
-            logprob=sample.logprob,
-            finish_reason=sample.finish_reason,
-        )
+        _response_row(round_id, prompt.id, first + k, policy.id, sample)
         for prompt, samples in zip(prompts, outputs, strict=True)
         for k, sample in enumerate(samples)
     ]
@@ -195,10 +239,47 @@ def generate_round(ctx: Context, round_id: int) -> None:
 # -- judge --------------------------------------------------------------------------------
 
 
+def _point_policy(ctx: Context, round_id: int) -> None:
+    """Aim the judges' policy handle at this round's policy checkpoint (the `self` judge)."""
+    if ctx.judge_env is None or ctx.judge_env.policy is None:
+        return
+    with ctx.sessions() as s:
+        ctx.judge_env.policy.path = _round(s, round_id).policy_checkpoint.path
+
+
+def _siblings(ctx: Context, pairs: list[tuple[Response, Prompt]]) -> dict[int, list[str]]:
+    """For judges that score against the other responses to the same prompt: response id →
+    the texts of its siblings (the prompt's other policy samples)."""
+    prompt_ids = {p.id for _, p in pairs}
+    k = ctx.cfg.generation.samples_per_prompt
+    with ctx.sessions() as s:
+        rows = s.execute(
+            select(Response.id, Response.prompt_id, Response.text).where(
+                Response.prompt_id.in_(prompt_ids), Response.sample_index < k
+            )
+        ).all()
+    by_prompt: dict[int, list[tuple[int, str]]] = {}
+    for rid, pid, text in rows:
+        by_prompt.setdefault(pid, []).append((rid, text))
+    return {r.id: [text for rid, text in by_prompt.get(p.id, []) if rid != r.id] for r, p in pairs}
+
+
 def judge_responses(ctx: Context, pairs: list[tuple[Response, Prompt]], repeat: int = 0) -> None:
-    """Judge these responses and store one judgment each (failures stored as failed)."""
-    items = [JudgeItem(TaskPrompt(p.text, p.answer), r.text) for r, p in pairs]
-    verdicts = ctx.judge.judge(items)
+    """Judge these responses and store one judgment each (failures stored as failed).
+
+    A judge that raises, or returns the wrong number of verdicts, fails the whole chunk as
+    recorded failures: the loop goes on (a plug-in's bug never stops a run).
+    """
+    siblings = _siblings(ctx, pairs) if getattr(ctx.judge, "needs_siblings", False) else {}
+    items = [
+        JudgeItem(
+            TaskPrompt(p.text, p.answer),
+            r.text,
+            {"siblings": siblings[r.id], "repeat": repeat} if siblings else {"repeat": repeat},
+        )
+        for r, p in pairs
+    ]
+    verdicts = safe_judge(ctx.judge, items)
     rows = [
         dict(
             response_id=r.id,
@@ -245,6 +326,7 @@ def judge_response_ids(
             s, round_id, ctx.judge.name, repeat, response_ids=response_ids
         )
     if todo:
+        _point_policy(ctx, round_id)
         judge_responses(ctx, todo, repeat)
     return len(todo)
 
@@ -252,17 +334,170 @@ def judge_response_ids(
 def judge_round(ctx: Context, round_id: int) -> None:
     """Judge every response of the round that has no judgment yet (each configured repeat)."""
     chunks = missing_judgments(ctx, round_id)
+    _point_policy(ctx, round_id)
     with ctx.reporter.bar("judging", sum(len(c) for _, c in chunks)) as advance:
         for repeat, chunk in chunks:
             judge_responses(ctx, chunk, repeat)
             advance(len(chunk))
 
 
+# -- revise -------------------------------------------------------------------------------
+
+REVISE_SEED_SALT = 0x5E715E  # keeps revision seeds apart from the generation blocks'
+
+
+def revision_sample_index(ctx: Context, original_index: int) -> int:
+    """The sample index a revision of policy sample `original_index` is stored under: after
+    the policy's K and the reference's samples, so no other sample can collide with it."""
+    _, first, n = _sources(ctx)[-1]
+    return first + n + original_index
+
+
+def revision_plan(ctx: Context, round_id: int) -> list[tuple[queries.ScoredResponse, str]]:
+    """The round's responses to revise, with their critiques, in a fixed (seeded) order.
+
+    Candidates are policy samples (not reference samples, not revisions) with a successful
+    judgment that has a critique; with revise.only_failed, only those scoring below
+    revise.pass_score (unset: below the best score of the round's policy samples). A seeded
+    shuffle picks at most revise.max_per_round.
+
+    The plan is a function of the round's judgments of its samples, which never change once
+    the judging stage is done: a re-run plans the same revisions.
+    """
+    cfg, k = ctx.cfg.revise, ctx.cfg.generation.samples_per_prompt
+    with ctx.sessions() as s:
+        round_index = _round(s, round_id).index
+        scored = queries.scored_responses(s, round_id, ctx.judge.name)
+        samples = [r for r in scored if r.sample_index < k and r.revises_id is None]
+        notes = queries.critiques(s, [r.response_id for r in samples], ctx.judge.name)
+    if not samples:
+        return []
+    passing = cfg.pass_score if cfg.pass_score is not None else max(r.score for r in samples)
+    candidates = [
+        (r, notes[r.response_id])
+        for r in samples
+        if r.response_id in notes and (not cfg.only_failed or r.score < passing)
+    ]
+    random.Random(derive_seed(ctx.cfg.run.seed, round_index, REVISE_SEED_SALT)).shuffle(candidates)
+    return candidates[: cfg.max_per_round]
+
+
+def revise_round(ctx: Context, round_id: int) -> None:
+    """Critique → revise (when revise.enabled): the round's policy rewrites the planned
+    responses given their critique, the revisions are stored as responses of the round
+    (`revises_id` → the original) and judged by the run's judge.
+
+    The plan is cut into fixed chunks of generation.prompts_per_batch, each sampled with a seed
+    derived from (run seed, round, chunk) and committed at once; a re-run skips the chunks
+    already stored and judges what is unjudged, so a crash at any point resumes with the same
+    revisions and no duplicates.
+    """
+    cfg, gen = ctx.cfg.revise, ctx.cfg.generation
+    if not cfg.enabled:
+        return
+    plan = revision_plan(ctx, round_id)
+    size = gen.prompts_per_batch
+    chunks = [plan[i : i + size] for i in range(0, len(plan), size)]
+    with ctx.sessions() as s:
+        rnd = _round(s, round_id)
+        round_index, policy = rnd.index, rnd.policy_checkpoint
+        done = queries.revised_ids(s, round_id)
+        prompts = {
+            p.id: p
+            for p in s.scalars(select(Prompt).where(Prompt.id.in_({r.prompt_id for r, _ in plan})))
+        }
+    # A chunk commits at once: it is done when its revisions are stored.
+    todo = [
+        (c, chunk)
+        for c, chunk in enumerate(chunks)
+        if any(r.response_id not in done for r, _ in chunk)
+    ]
+    if todo:
+        ctx.backend.load(policy.path)
+    with ctx.reporter.bar("revising", sum(len(chunk) for _, chunk in todo)) as advance:
+        for c, chunk in todo:
+            params = SamplingParams(
+                n=1,
+                temperature=cfg.temperature,
+                top_p=gen.top_p,
+                max_new_tokens=cfg.max_new_tokens or gen.max_new_tokens,
+                seed=derive_seed(ctx.cfg.run.seed, round_index, REVISE_SEED_SALT, c),
+            )
+            asks = [
+                cfg.prompt_template.format(
+                    prompt=prompts[r.prompt_id].text,
+                    response=r.text,
+                    critique=critique,
+                )
+                for r, critique in chunk
+            ]
+            outputs = ctx.backend.generate(asks, params)
+            rows = [
+                _response_row(
+                    round_id,
+                    r.prompt_id,
+                    revision_sample_index(ctx, r.sample_index),
+                    policy.id,
+                    sample,
+                    revises_id=r.response_id,
+                )
+                for (r, _), (sample,) in zip(chunk, outputs, strict=True)
+            ]
+            with transaction(ctx.sessions) as s:
+                queries.insert_ignore(s, Response, rows)
+            commit_point("revising")
+            advance(len(chunk))
+    # After the judging stage the round's only unjudged responses are its new revisions.
+    judge_round(ctx, round_id)
+
+
 # -- pair ---------------------------------------------------------------------------------
 
 
+def judge_eval(ctx: Context, round_id: int, scored: list[queries.ScoredResponse]) -> None:
+    """Store the round's judge meta-evaluation (metrics of stage `judge_eval`): the failed
+    share of judgments; on a verifiable task, the judge's agreement with the verifier over the
+    first `judge.meta_eval_prompts` prompts; for a pairwise judge, its position-bias rate."""
+    n_prompts = ctx.cfg.judge.meta_eval_prompts
+    with ctx.sessions() as s:
+        round_index = _round(s, round_id).index
+        counts = queries.judgment_status_counts(s, round_id, ctx.judge.name)
+        prompts = {
+            p.id: p
+            for p in s.scalars(
+                select(Prompt).where(Prompt.round_id == round_id, Prompt.index < n_prompts)
+            )
+        }
+        traces = queries.judgment_traces(s, round_id, ctx.judge.name, list(prompts))
+    values: dict[str, float] = {}
+    total = sum(counts.values())
+    if total:
+        values["failed_rate"] = counts.get("failed", 0) / total
+    if ctx.cfg.judge.name != "verifier":
+        checked = [
+            Checked(
+                r.prompt_id, r.score, ctx.task.verify(_task_prompt(prompts[r.prompt_id]), r.text)[0]
+            )
+            for r in scored
+            if r.prompt_id in prompts and prompts[r.prompt_id].answer is not None
+        ]
+        agreement, n_pairs = verifier_agreement(checked)
+        if agreement is not None:
+            values |= {"verifier_agreement": agreement, "agreement_pairs": float(n_pairs)}
+    bias, n_comparisons = position_bias_rate(traces)
+    if bias is not None:
+        values |= {"position_bias_rate": bias, "comparisons": float(n_comparisons)}
+    with transaction(ctx.sessions) as s:
+        queries.insert_ignore(s, Metric, _metrics(ctx.run_id, round_index, "judge_eval", 0, values))
+
+
+def _task_prompt(p: Prompt) -> TaskPrompt:
+    return TaskPrompt(p.text, p.answer)
+
+
 def pair_round(ctx: Context, round_id: int) -> None:
-    """Build the round's pairs from its judgments (a pure function of the store)."""
+    """Build the round's pairs from its judgments (a pure function of the store), after
+    storing the judge's meta-evaluation."""
     cfg = ctx.cfg.pairing
     with ctx.sessions() as s:
         rnd = _round(s, round_id)
@@ -278,19 +513,28 @@ def pair_round(ctx: Context, round_id: int) -> None:
         policy_samples=ctx.cfg.generation.samples_per_prompt,
     )
     builder = PAIR_BUILDERS[cfg.builder]
-    choices = builder(scored, params, derive_seed(ctx.cfg.run.seed, round_index))
+    # The configured builder sees the round's samples only; revisions pair with their originals.
+    samples = [r for r in scored if r.revises_id is None]
+    if ctx.cfg.judge.meta_eval_prompts:
+        judge_eval(ctx, round_id, samples)
+    choices = builder(samples, params, derive_seed(ctx.cfg.run.seed, round_index))
+    revised = revision_pairs(scored)
     rows = [_pair_row(round_id, c, cfg.builder, 1.0) for c in choices]
+    rows += [_pair_row(round_id, c, "revise", 1.0) for c in revised]
     rows += _replayed_pairs(ctx, round_index, round_id, len(rows))
     size = ctx.cfg.generation.prompts_per_batch
     for i in range(0, len(rows), size):
         with transaction(ctx.sessions) as s:
             queries.insert_ignore(s, Pair, rows[i : i + size])
         commit_point("pairing")
-    scores = [r.score for r in scored]
+    scores = [r.score for r in samples]
     with transaction(ctx.sessions) as s:
-        values = {"pairs": float(len(rows)), "judged": float(len(scored))}
+        values = {"pairs": float(len(rows)), "judged": float(len(samples))}
         if scores:
             values["mean_score"] = sum(scores) / len(scores)
+        if len(samples) < len(scored):
+            values["revisions_judged"] = float(len(scored) - len(samples))
+            values["revise_pairs"] = float(len(revised))
         queries.insert_ignore(s, Metric, _metrics(ctx.run_id, round_index, "pair", 0, values))
 
 
@@ -589,8 +833,8 @@ def guard_metrics(ctx: Context, round_id: int) -> dict[str, float] | None:
         batch = prompts[i : i + size]
         samples += [out[0] for out in ctx.backend.generate([p.text for p in batch], params)]
     gold = [ctx.task.verify(p, y.text)[0] for p, y in zip(prompts, samples, strict=True)]
-    verdicts = ctx.judge.judge(
-        [JudgeItem(p, y.text) for p, y in zip(prompts, samples, strict=True)]
+    verdicts = safe_judge(
+        ctx.judge, [JudgeItem(p, y.text) for p, y in zip(prompts, samples, strict=True)]
     )
     proxy = [v.score for v in verdicts if v.status == "ok" and v.score is not None]
 
@@ -634,6 +878,7 @@ def evaluate_round(ctx: Context, round_id: int) -> None:
 STAGE_FUNCTIONS = {
     "generating": generate_round,
     "judging": judge_round,
+    "revising": revise_round,
     "pairing": pair_round,
     "training": train_round,
     "evaluating": evaluate_round,

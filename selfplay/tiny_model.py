@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
 
 from selfplay.config import TinyModelConfig
 
@@ -31,9 +36,10 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
-    """A freshly initialised float32 Llama with tied embeddings (init draws from torch's global RNG)."""
-    config = LlamaConfig(
+def _llama_config(
+    cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, **extra: int
+) -> LlamaConfig:
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -46,9 +52,22 @@ def build_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> Lla
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         dtype="float32",
+        **extra,
     )
-    model = LlamaForCausalLM(config)
+
+
+def build_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    """A freshly initialised float32 Llama with tied embeddings (init draws from torch's global RNG)."""
+    model = LlamaForCausalLM(_llama_config(cfg, tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def build_reward_model(
+    cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast
+) -> LlamaForSequenceClassification:
+    """A freshly initialised tiny Llama with a one-logit head: a reward model for the
+    `reward_model` judge's tests and examples (save it with `save_pretrained`)."""
+    return LlamaForSequenceClassification(_llama_config(cfg, tokenizer, num_labels=1))

@@ -2,7 +2,9 @@
 
 Work is computed from the store exactly as in the embedded mode (`missing_blocks`,
 `missing_judgments`): one task per generation block or judge chunk, one for training, one for
-evaluation. Pairing is a cheap pure function of the store and runs in the driver. The driver
+evaluation. Pairing is a cheap pure function of the store and runs in the driver, as does the
+critique → revise stage when enabled (it generates with the driver's own engine and judges
+the revisions in-process). The driver
 polls the results and keeps polling through a broker restart; a task that fails after its
 retries fails the round with the task's traceback.
 """

@@ -17,16 +17,15 @@ from db import queries
 from db.engine import make_engine, session_factory, transaction
 from db.models import Metric, Round, Run
 from selfplay.config import ExecutorConfig, SelfplayConfig
-from selfplay.judges import make_judge
 from selfplay.progress import SilentReporter
 from selfplay.stages import (
     Context,
     evaluate_round,
     generate_block,
     judge_response_ids,
+    make_context,
     train_round,
 )
-from selfplay.tasks import make_task
 
 T = TypeVar("T")
 
@@ -45,15 +44,7 @@ def worker_context(db_url: str, run_id: int) -> Context:
             if run is None:
                 raise LookupError(f"run id {run_id} does not exist in {db_url}")
             cfg = SelfplayConfig.model_validate(run.config)
-        task = make_task(cfg.task, cfg.run.seed)
-        _contexts[key] = Context(
-            cfg=cfg,
-            sessions=sessions,
-            run_id=run_id,
-            task=task,
-            judge=make_judge(cfg.judge, task),
-            reporter=SilentReporter(),
-        )
+        _contexts[key] = make_context(cfg, sessions, run_id, SilentReporter())
     return _contexts[key]
 
 

@@ -3,15 +3,14 @@
 Pages: `/` runs; `/runs/{id}` a run's rounds with plots; `/runs/{id}/rounds/{index}` one round
 (figures and training curves); `/pairs` the pair browser (filters, search, keyset pages);
 `/pairs/{id}` a pair side by side. Unknown ids give 404 pages and malformed parameters 400 pages.
-A done round never changes, so its aggregates are computed once (at startup, in a background
-thread) and kept; rounds still running are recomputed on each view.
+A done round's figures are read from its stored summary (written when it finished); rounds still
+running, and done rounds of a store that predates summaries, are computed on each view.
 """
 
 from __future__ import annotations
 
 import hmac
 import math
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,7 +26,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db import inspect as q
 from db.engine import make_engine
-from db.models import Round, RoundStatus, Run
 from selfplay.dashboard.svg import line_chart
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -37,52 +35,19 @@ COOKIE = "selfplay_token"
 Id = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 
 
-class StatsCache:
-    """Aggregates of done rounds (immutable), by round id; other rounds are computed per view."""
-
-    def __init__(self) -> None:
-        self._done: dict[int, q.RoundStats] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._done)
-
-    def get(self, s: Session, run: Run, rnd: Round) -> q.RoundStats:
-        with self._lock:
-            hit = self._done.get(rnd.id)
-        if hit is not None:
-            return hit
-        st = q.round_stats(s, run, rnd)
-        if rnd.status == RoundStatus.DONE:
-            with self._lock:
-                self._done[rnd.id] = st
-        return st
-
-    def warm(self, sessions: Callable[[], Session]) -> None:
-        """Compute every done round's aggregates (run once, in a background thread)."""
-        with sessions() as s:
-            for run in q.select_runs(s):
-                for rnd in q.run_rounds(s, run):
-                    self.get(s, run, rnd)
-
-
-def create_app(db_url: str, token: str | None = None, warm: bool = True) -> FastAPI:
+def create_app(db_url: str, token: str | None = None) -> FastAPI:
     """The dashboard of the store at `db_url`; with `token`, every page requires it."""
     engine = make_engine(db_url)
-    cache = StatsCache()
 
     def sessions() -> Session:
         return Session(bind=engine)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if warm:
-            threading.Thread(target=cache.warm, args=(sessions,), daemon=True).start()
         yield
         engine.dispose()
 
     app = FastAPI(title="selfplay dashboard", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.cache = cache
 
     def page(request: Request, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(
@@ -134,7 +99,7 @@ def create_app(db_url: str, token: str | None = None, warm: bool = True) -> Fast
     def run_page(request: Request, run_id: Id) -> HTMLResponse:
         with sessions() as s:
             run = q.get_run_by_id(s, run_id)
-            stats = [cache.get(s, run, rnd) for rnd in q.run_rounds(s, run)]
+            stats = q.run_stats(s, run)
             initial = q.get_initial_accuracy(s, run.id)
             name = run.name
         return page(
@@ -154,7 +119,7 @@ def create_app(db_url: str, token: str | None = None, warm: bool = True) -> Fast
         with sessions() as s:
             run = q.get_run_by_id(s, run_id)
             rnd = q.get_round(s, run.id, index)
-            st = cache.get(s, run, rnd)
+            st = q.round_stats(s, run, rnd)
             train = q.round_metrics(s, run.id, index, "train")
             name, error_text = run.name, rnd.error
         plots = []
@@ -281,6 +246,13 @@ def _run_plots(stats: list[q.RoundStats], initial: float | None) -> list[Any]:
         plots.append(
             line_chart("judge agreement", xs, {"agreement": [st.judge_agreement for st in stats]})
         )
+    meta = {
+        "agreement with the verifier": [st.verifier_agreement for st in stats],
+        "position-bias rate": [st.position_bias_rate for st in stats],
+    }
+    meta = {name: ys for name, ys in meta.items() if any(y is not None for y in ys)}
+    if meta:
+        plots.append(line_chart("judge meta-evaluation", xs, meta))
     return plots
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from db import queries
 from db.engine import make_engine, session_factory
-from db.models import Checkpoint, Pair, Response, ResponseLogprob, Round
+from db.models import Checkpoint, Judgment, Pair, Response, ResponseLogprob, Round
 from selfplay.config import ALGORITHM_PRESETS, parse_config
 from selfplay.driver import run_loop
 
@@ -39,6 +39,10 @@ def test_every_algorithm_runs_two_rounds(tmp_path: Path, algorithm: str):
     extra = {"pairing": {"replay": [0.5]}} if algorithm == "dno" else {}
     if algorithm == "xpo":
         extra = {"generation": {"samples_per_prompt": 2, "reference_samples": 2}}
+    if algorithm == "self_rewarding":
+        # A short judge prompt and answer: the full additive prompt × 3 repeats takes minutes.
+        template = "Rate 0-5. {prompt}{response} Score:"
+        extra = {"judge": {"self_judge": {"prompt_template": template, "max_new_tokens": 8}}}
     cfg = parse_config(small_config(tmp_path, algorithm, **extra))
     summaries = run_loop(cfg)
     assert [s.status for s in summaries] == ["done", "done"]
@@ -50,9 +54,26 @@ def test_every_algorithm_runs_two_rounds(tmp_path: Path, algorithm: str):
         rounds = s.scalars(select(Round).where(Round.run_id == run_id).order_by(Round.index)).all()
         assert all(r.output_checkpoint_id is not None for r in rounds)
         pairs = s.scalars(select(Pair).where(Pair.round_id.in_([r.id for r in rounds]))).all()
-        assert pairs, "every procedure makes pairs on this task"
+        if algorithm == "self_rewarding":
+            # The policy judges its own samples, 3 times each, with the checkpoint of the round.
+            for rnd in rounds:
+                judgments = s.scalars(
+                    select(Judgment)
+                    .join(Response, Response.id == Judgment.response_id)
+                    .where(Response.round_id == rnd.id)
+                ).all()
+                assert {j.judge for j in judgments} == {"self"}
+                assert {j.repeat for j in judgments} == {0, 1, 2}
+                policy = s.get(Checkpoint, rnd.policy_checkpoint_id).path
+                assert all(j.trace["checkpoint"] == policy for j in judgments)
+                assert all(
+                    j.status == "ok" or j.trace["judge_output"] is not None for j in judgments
+                )
+        else:
+            # (The tiny arithmetic policy rarely writes a parseable score when it judges.)
+            assert pairs, "every procedure makes pairs on this task"
+            assert cfg.pairing.builder in {p.builder for p in pairs}
         builders = {p.builder for p in pairs}
-        assert cfg.pairing.builder in builders
         if algorithm == "dno":
             # Round 1 replays half as many pairs as it built itself from round 0.
             assert any(b.startswith("replay:") for b in builders)

@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
+from alembic import command
+from sqlalchemy import delete, text
 from typer.testing import CliRunner
 
+from db.engine import make_engine
+from db.migrate import alembic_config, upgrade
+from db.models import Pair, Round
 from selfplay.cli import app
 
 runner = CliRunner()
@@ -32,6 +37,62 @@ def test_stats_json_has_each_rounds_figures(seeded_url):
     assert s0["heldout_accuracy"] == 0.5
     table = invoke("db", "stats", "--db", seeded_url, "--run", "demo", "--round", "1")
     assert table.exit_code == 0 and "demo" in table.output and "ok:24" in table.output
+
+
+def test_summarize_stores_done_rounds_once_and_stats_then_read_them(seeded_url):
+    before = json.loads(invoke("db", "stats", "--db", seeded_url, "--json").output)
+    assert [s["summarized"] for s in before] == [False, False]  # a store from before summaries
+    result = invoke("db", "summarize", "--db", seeded_url)
+    assert result.exit_code == 0, result.output
+    assert "round 0: summarized" in result.output and "round 1: summarized" in result.output
+    again = invoke("db", "summarize", "--db", seeded_url, "--run", "demo")
+    assert again.exit_code == 0 and "every done round has its summary" in again.output
+    after = json.loads(invoke("db", "stats", "--db", seeded_url, "--json").output)
+    assert after == [{**s, "summarized": True} for s in before]
+    # A done round's figures now come from its summary, not from its rows.
+    engine = make_engine(seeded_url)
+    with engine.begin() as conn:
+        conn.execute(delete(Pair).where(Pair.margin < 0.5))
+    engine.dispose()
+    stats = json.loads(invoke("db", "stats", "--db", seeded_url, "--json").output)
+    assert [s["pairs"] for s in stats] == [6, 6]
+    rounds = json.loads(invoke("db", "rounds", "--db", seeded_url, "--json").output)
+    assert [r["pairs"] for r in rounds] == [6, 6]
+
+
+def test_search_is_literal_and_survives_a_migration_round_trip(seeded_url):
+    def hits(term: str) -> int:
+        result = invoke("db", "pairs", "--db", seeded_url, "--json", "--search", term)
+        assert result.exit_code == 0, result.output
+        return len(json.loads(result.output))
+
+    def check() -> None:
+        # Prompts: "<script>alert(1)</script> 2+2=" and Q:01+1=, Q:02+1=, Q:11+1=, Q:12+1=.
+        assert (hits("1+1="), hits("2+1"), hits("Q:1"), hits("+1")) == (4, 4, 4, 8)
+        assert (hits("_1+"), hits("%1"), hits('"x"'), hits("zzz")) == (0, 0, 0, 0)
+
+    check()  # SQLite: rows the triggers indexed as they were inserted
+    engine = make_engine(seeded_url)
+    command.downgrade(alembic_config(engine), "0003")
+    upgrade(engine)  # SQLite: the FTS table is rebuilt from the prompts already there
+    check()
+    with engine.begin() as conn:
+        conn.execute(delete(Round).where(Round.index == 1))  # cascades to its prompts
+        if engine.dialect.name == "sqlite":  # the index still matches the prompts
+            conn.execute(text("INSERT INTO prompts_fts(prompts_fts) VALUES ('integrity-check')"))
+    engine.dispose()
+    assert (hits("1+1="), hits("Q:1")) == (2, 0)
+
+
+def test_a_store_behind_this_selfplays_schema_names_the_upgrade(db_url):
+    engine = make_engine(db_url)
+    upgrade(engine, "0003")
+    engine.dispose()
+    for args in (["db", "stats"], ["db", "summarize"], ["status"]):
+        result = invoke(*args, "--db", db_url)
+        assert result.exit_code == 1, result.output
+        message = " ".join(result.output.split())  # Rich wraps long lines
+        assert "revision 0003" in message and "selfplay db upgrade" in message
 
 
 def test_rounds_lists_each_round(seeded_url):

@@ -32,6 +32,19 @@ def test_every_shipped_config_loads(path):
         ({"generation": {"top_p": 1.5}}, "generation.top_p", "less than or equal to 1"),
         ({"task": {"name": "jsonl"}}, "task", "task.path is required"),
         ({"model": {"tiny": {"hidden_size": 10, "num_heads": 3}}}, "model.tiny", "divisible"),
+        ({"revise": {"prompt_template": "{prompt} {answer}"}}, "revise", "KeyError 'answer'"),
+        ({"revise": {"prompt_template": "{prompt} {"}}, "revise", "braces doubled"),
+        ({"revise": {"max_per_round": 0}}, "revise.max_per_round", "greater than or equal to 1"),
+        (
+            {"revise": {"enabled": True}, "algorithm": "sppo"},
+            "(root)",
+            "does not combine with the sppo builder",
+        ),
+        (
+            {"revise": {"enabled": True}, "algorithm": "xpo"},
+            "(root)",
+            "does not combine with the xpo builder",
+        ),
     ],
 )
 def test_bad_config_names_the_field(data, field, message):

@@ -6,13 +6,14 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import delete, update
 
 from selfplay.dashboard import create_app
 
 
 @pytest.fixture
 def client(seeded_url):
-    with TestClient(create_app(seeded_url, warm=False)) as c:
+    with TestClient(create_app(seeded_url)) as c:
         yield c
 
 
@@ -92,19 +93,46 @@ def test_bad_input_gets_a_clear_4xx_page(client, url, status, message):
 
 
 def test_token_is_required_when_set(seeded_url):
-    with TestClient(create_app(seeded_url, token="s3cret", warm=False)) as c:
+    with TestClient(create_app(seeded_url, token="s3cret")) as c:
         assert c.get("/").status_code == 401
         assert c.get("/?token=wrong").status_code == 401
         assert c.get("/?token=s3cret").status_code == 200
         assert c.get("/pairs").status_code == 200  # the cookie carries it
 
 
-def test_done_rounds_figures_are_computed_once(seeded_url):
-    app = create_app(seeded_url, warm=False)
-    with TestClient(app) as c:
-        assert len(app.state.cache) == 0
-        assert c.get("/runs/1").status_code == 200
-        assert len(app.state.cache) == 2
+def round_row(html: str, index: int) -> list[str]:
+    """The cells of round `index`'s row in the run page's rounds table."""
+    link = rf'<tr><td class="num"><a class="round-link" [^>]*>{index}</a>(.*?)</tr>'
+    row = re.search(link, html, re.S)
+    return re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)
+
+
+def test_run_page_reads_done_rounds_from_their_summaries(seeded_url):
+    from db import queries
+    from db.engine import make_engine, session_factory, transaction
+    from db.models import Pair, Round
+
+    with TestClient(create_app(seeded_url)) as c:
+        # A store from before summaries: computed live, with a note saying how to store them.
+        old = c.get("/runs/1").text
+        assert round_row(old, 0)[1:4] == ["3", "12", "ok: 24 "]
+        assert "2 done round(s)" in old and "selfplay db summarize" in old
+        engine = make_engine(seeded_url)
+        with transaction(session_factory(engine)) as s:
+            for rnd in s.query(Round).all():
+                queries.write_round_summary(s, rnd)
+        with engine.begin() as conn:
+            conn.execute(delete(Pair).where(Pair.margin < 0.5))  # 3 of each round's 6 pairs
+        summarized = c.get("/runs/1").text
+        assert 'id="unsummarized"' not in summarized
+        assert round_row(summarized, 0)[4] == "6" and round_row(summarized, 1)[4] == "6"
+        assert '<tr><th>pairs</th><td class="num">6</td>' in c.get("/runs/1/rounds/0").text
+        # A round that is not done is computed from its rows, summary or not.
+        with engine.begin() as conn:
+            conn.execute(update(Round).where(Round.index == 1).values(status="training"))
+        running = c.get("/runs/1").text
+        assert round_row(running, 0)[4] == "6" and round_row(running, 1)[4] == "3"
+        engine.dispose()
 
 
 def test_line_chart_skips_missing_points_and_says_when_empty():

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from db import queries
+from db import inspect, queries
 from db.engine import make_engine, session_factory
 from db.models import Checkpoint, Response, Round
 
@@ -73,8 +73,16 @@ def store_state(output_dir: Path) -> tuple[dict[str, int], list[tuple[int, str, 
         assert dupes == 0
         for ckpt in s.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id)):
             assert (Path(ckpt.path) / "model.safetensors").exists()
+        # Each done round's figures were stored as it finished (wall time differs run to run).
+        run = queries.get_run(s, "small")
+        summaries = [
+            {k: v for k, v in st.to_dict().items() if k != "wall_time_s"}
+            for st in inspect.run_stats(s, run)
+            if st.status == "done"
+        ]
+        assert all(st["summarized"] for st in summaries)
     engine.dispose()
-    return counts, rounds
+    return counts, rounds, summaries
 
 
 # One SIGKILL inside each stage, in order: (SELFPLAY_KILL_AT, round index, status seen after).
@@ -92,22 +100,23 @@ KILLS = [
 def test_sigkill_in_every_stage_then_resume_matches_uninterrupted_run(tmp_path):
     clean = selfplay("run", str(write_config(tmp_path, "clean", SMALL)))
     assert clean.returncode == 0, clean.stderr
-    expected_counts, expected_rounds = store_state(tmp_path / "clean")
+    expected_counts, expected_rounds, expected_summaries = store_state(tmp_path / "clean")
     assert expected_counts["pairs"] > 0 and expected_counts["checkpoints"] == 3
 
     config = write_config(tmp_path, "crashy", SMALL)
     for kill_at, round_index, status in KILLS:
         proc = selfplay("run", str(config), kill_at=kill_at)
         assert proc.returncode == -signal.SIGKILL, (kill_at, proc.stderr)
-        _, rounds = store_state(tmp_path / "crashy")
+        _, rounds, _ = store_state(tmp_path / "crashy")
         assert rounds[round_index][1] == status, (kill_at, rounds)
     resumed = selfplay("run", str(config))
     assert resumed.returncode == 0, resumed.stderr
 
-    counts, rounds = store_state(tmp_path / "crashy")
+    counts, rounds, summaries = store_state(tmp_path / "crashy")
     assert counts == expected_counts
     # Blocks are seeded and training restarts from the round's policy: same results exactly.
     assert rounds == expected_rounds
+    assert summaries == expected_summaries and len(summaries) == 2
     assert all(status == "done" for _, status, _ in rounds)
 
     status = selfplay("status", "--db", f"sqlite:///{tmp_path / 'crashy' / 'selfplay.db'}")
