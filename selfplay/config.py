@@ -462,11 +462,18 @@ class TrainingConfig(_Strict):
         True, description="bf16 autocast when training on a GPU (ignored on CPU: float32)."
     )
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters (peft) instead.")
-    shared_prompt: bool = Field(
-        True,
+    compile: bool = Field(
+        False,
+        description="torch.compile each decoder layer of the trained policy: on a GPU it fuses "
+        "the elementwise work between the matmuls (see BENCHMARKS.md); each round's first "
+        "steps pay the compile.",
+    )
+    shared_prompt: bool | None = Field(
+        None,
         description="Chosen and rejected share one forward of their prompt (a 4D attention "
         "mask); models whose attention takes no custom mask (flash-attention) fall back to "
-        "two sequences per pair.",
+        "two sequences per pair. None: on when training on a CPU, off on a GPU, where the "
+        "masked attention kernels cost more than the shared prompt saves (BENCHMARKS.md).",
     )
 
     @model_validator(mode="after")
@@ -534,6 +541,12 @@ class ExecutorConfig(_Strict):
     max_retries: int = Field(3, ge=0, description="Retries of a failing task (with backoff).")
     retry_backoff_max_s: int = Field(60, ge=1, description="Longest wait between two retries.")
     poll_interval_s: float = Field(0.5, gt=0, description="How often the driver polls results.")
+    broker_wait_s: int = Field(
+        600,
+        ge=0,
+        description="How long the driver keeps re-sending a task while the broker is "
+        "unreachable before the round fails.",
+    )
 
 
 class SelfplayConfig(_Strict):

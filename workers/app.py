@@ -7,6 +7,7 @@ so the broker URL comes from the YAML file or `SELFPLAY_BROKER_URL`, never from 
 from __future__ import annotations
 
 from celery import Celery
+from celery.backends.redis import RedisBackend
 
 from selfplay.config import ExecutorConfig
 
@@ -21,6 +22,19 @@ ROUTES = {
     "selfplay.train": {"queue": "train"},
     "selfplay.ping": {"queue": "judge"},
 }
+
+
+class PollingRedisBackend(RedisBackend):
+    """Celery's Redis result backend without the pub/sub subscription made at each send.
+
+    The driver polls task states (CeleryExecutor.wait), so the subscription only added a
+    connection that, after a broker outage of more than ~20 s, gives up for good ("The Celery
+    application must be restarted") and fails every later send. `AsyncResult.get()` still
+    works: it subscribes when it is called.
+    """
+
+    def on_task_call(self, producer: object, task_id: str) -> None:
+        """Subscribe to nothing."""
 
 
 def make_app(cfg: ExecutorConfig, db_url: str | None = None) -> Celery:
@@ -41,7 +55,7 @@ def make_app(cfg: ExecutorConfig, db_url: str | None = None) -> Celery:
     app = Celery(
         "selfplay",
         broker=cfg.broker_url,
-        backend=cfg.result_backend or cfg.broker_url,
+        backend=_result_backend(cfg.result_backend or cfg.broker_url),
         set_as_current=False,
     )
     app.conf.update(
@@ -74,3 +88,10 @@ def make_app(cfg: ExecutorConfig, db_url: str | None = None) -> Celery:
     )
     register_tasks(app, cfg)
     return app
+
+
+def _result_backend(url: str) -> str:
+    """The result backend URL, a Redis one served by PollingRedisBackend."""
+    if url.startswith(("redis://", "rediss://")):
+        return f"{__name__}:PollingRedisBackend+{url}"
+    return url

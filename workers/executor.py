@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from celery.result import AsyncResult
-from kombu.exceptions import OperationalError
+from kombu.exceptions import ChannelError, OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -76,12 +76,32 @@ class CeleryExecutor:
         if jobs is None:
             STAGE_FUNCTIONS[stage](ctx, round_id)
             return
-        submitted = [(self.submit(job), job) for job in jobs]
+        submitted = [(self.submit(job, ctx.reporter), job) for job in jobs]
         self.wait(ctx.reporter, f"{stage} (workers)", submitted)
 
-    def submit(self, job: Job) -> AsyncResult:
-        """Send one task; publishing retries through a broker outage (task_publish_retry_policy)."""
-        return self.app.send_task(job.name, args=job.args)
+    def submit(self, job: Job, reporter: Reporter) -> AsyncResult:
+        """Send one task, through a broker outage.
+
+        kombu retries a publish while it cannot connect (task_publish_retry_policy) but gives
+        up when the first try after a reconnect fails as well (a Redis that accepts
+        connections while it still loads its append-only file, a pooled connection broken by
+        the restart). The driver then waits and sends again, for up to
+        `executor.broker_wait_s`, and says so; a task sent twice runs twice, which every task
+        tolerates (each writes only what the store still misses).
+        """
+        deadline = time.monotonic() + self.cfg.broker_wait_s
+        delay = 0.5
+        while True:
+            try:
+                return self.app.send_task(job.name, args=job.args)
+            except (*BROKER_DOWN, ChannelError) as err:
+                if time.monotonic() + delay > deadline:
+                    raise
+                reporter.line(
+                    f"broker unreachable sending {job.name}: {err!r}; retrying in {delay:.1f} s"
+                )
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
 
     def wait(self, reporter: Reporter, description: str, submitted: list) -> None:
         """Poll until every task succeeded; raise TaskFailed on the first failure."""

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from selfplay.cli import app as cli
 from selfplay.config import ConfigError, ExecutorConfig, parse_config
 from selfplay.executor import InProcessExecutor, make_executor
-from workers.app import QUEUES, make_app
+from workers.app import QUEUES, PollingRedisBackend, make_app
 from workers.executor import CeleryExecutor
 from workers.worker import parse_queues, worker_argv
 
@@ -26,7 +26,8 @@ def test_app_comes_from_the_config_with_late_acks_and_routes():
     app = make_app(cfg, "sqlite:///x.db")
     conf = app.conf
     assert conf.broker_url == "redis://example:6379/3"
-    assert conf.result_backend == "redis://example:6379/3"
+    assert conf.result_backend == "workers.app:PollingRedisBackend+redis://example:6379/3"
+    assert isinstance(app.backend, PollingRedisBackend) and app.backend.url.endswith(":6379/3")
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
     assert conf.broker_transport_options == {"visibility_timeout": 7200, "global_keyprefix": "p:"}
