@@ -12,14 +12,18 @@ each run reports pairs per CPU-second of its own process, less sensitive to a bu
 Peak memory is the process's max RSS growth during each trainer, measured in a fresh
 subprocess per trainer.
 
-GPU (no peer; absolute figures): tokens/s and model FLOPs utilisation of a DPO step in bf16
-autocast on a randomly initialised Qwen2-0.5B-shaped model:
+GPU (no peer; absolute figures): throughput and model FLOPs utilisation of a DPO step in bf16
+autocast (float32 master weights, fused AdamW) on a randomly initialised Qwen2-0.5B-shaped model,
+128-token prompts and 384-token responses:
 
-    python benchmarks/trainer_throughput.py --gpu [--steps 20] [--peak-tflops 989]
+    python benchmarks/trainer_throughput.py --gpu [--steps 20] [--batch 32] [--accum 1]
+        [--compile] [--shared] [--profile FILE] [--peak-tflops T]
 
-MFU = 6 · N · tokens/s / peak, N the parameters that do matrix work (all but the input
-embedding); it ignores attention FLOPs and counts the full lm_head although logits are only
-computed over the response span, so it is approximate in both directions.
+MFU = model FLOPs per step / step time / the device's dense bf16 peak (by name, or
+--peak-tflops). Model FLOPs (step_flops) count what the step needs, forward + backward as 3 ×
+forward: the blocks' matrix work on every fed token, the lm_head only where logits are kept,
+attention on the (query, key) pairs the mask allows. Prefix sharing feeds fewer tokens, so its
+MFU counts fewer FLOPs for the same pairs: compare pairs/s between layouts, MFU within one.
 """
 
 from __future__ import annotations
@@ -142,7 +146,54 @@ def run_trl(n: int, batch: int) -> dict:
     return _figures(n, start, cpu, base)
 
 
-def run_gpu(steps: int, batch: int, prompt_len: int, response_len: int, peak: float) -> dict:
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
+"""Dense bf16 peaks by device name (the first key the name contains wins)."""
+
+
+def _peak_tflops(name: str) -> float:
+    for key, value in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return value
+    raise SystemExit(f"unknown peak for {name!r}: pass --peak-tflops")
+
+
+def step_flops(
+    cfg: object, batch: int, prompt_len: int, response_len: int, shared: bool
+) -> dict[str, float]:
+    """Model FLOPs of one training step (forward + backward = 3 × forward) of `batch` pairs.
+
+    Counts what the model has to compute, not what the kernels happen to do: the transformer
+    blocks' matrix work on every fed token (with prefix sharing a pair feeds P + 2R − 2 tokens,
+    the last response token only being a target; unshared, two rows of P + R), the lm_head only
+    on the positions whose logits are kept, and attention on the (query, key) pairs the mask
+    allows (causal, and with sharing a response sees the prompt and itself only).
+    """
+    h, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
+    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
+    block = layers * (h * (h + 2 * kv) + h * h + 3 * h * cfg.intermediate_size)
+    p, r = prompt_len, response_len
+    if shared:
+        fed, logits = p + 2 * (r - 1), 2 * (r - 1) + 1
+        attended = p * (p + 1) // 2 + 2 * ((r - 1) * p + (r - 1) * r // 2)
+    else:
+        fed, logits = 2 * (p + r), 2 * (r + 1)
+        attended = 2 * ((p + r) * (p + r + 1) // 2)
+    # QK^T and AV: 2 matmuls × 2 FLOPs × h per attended pair and layer.
+    forward = 2 * block * fed + 2 * h * vocab * logits + 4 * h * layers * attended
+    return {"flops": 3.0 * forward * batch, "fed_tokens": float(fed * batch)}
+
+
+def run_gpu(
+    steps: int,
+    batch: int,
+    prompt_len: int,
+    response_len: int,
+    peak: float | None,
+    shared: bool,
+    accum: int,
+    profile: str | None,
+    compile_layers: bool,
+) -> dict:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from selfplay.training.trainer import PairExample, train_on_pairs
@@ -156,45 +207,81 @@ def run_gpu(steps: int, batch: int, prompt_len: int, response_len: int, peak: fl
         num_key_value_heads=2,
         max_position_embeddings=4096,
         tie_word_embeddings=False,
+        attn_implementation="sdpa",
     )
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(cfg).to("cuda")
+    with torch.device("cuda"):
+        model = Qwen2ForCausalLM(cfg)
+    if compile_layers:
+        from selfplay.training.trainer import compile_layers as compile_them
+
+        compile_them(model)
     n_params = sum(p.numel() for p in model.parameters())
-    matmul_params = n_params - model.get_input_embeddings().weight.numel()
     rng = random.Random(0)
 
     def seq(k: int) -> list[int]:
         return [rng.randrange(1, cfg.vocab_size) for _ in range(k)]
 
+    warmup = 3
     pairs = [
         PairExample(seq(prompt_len), seq(response_len), seq(response_len), -1.0, -1.0)
-        for _ in range(batch * (steps + 3))
+        for _ in range(batch * accum * (steps + warmup))
     ]
-    tcfg = TrainingConfig(loss="dpo", lr=1e-6, batch_size=batch, max_steps=steps + 3, epochs=1)
+    tcfg = TrainingConfig(
+        loss="dpo",
+        lr=1e-6,
+        batch_size=batch,
+        grad_accum_steps=accum,
+        max_steps=steps + warmup,
+        epochs=1,
+        shared_prompt=shared,
+    )
     times: list[float] = []
     last = [0.0]
+    prof = None
+    if profile:
+        from torch.profiler import ProfilerActivity, schedule
+
+        prof = torch.profiler.profile(
+            activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+            schedule=schedule(wait=warmup, warmup=1, active=2, repeat=1),
+        )
+        prof.start()
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         torch.cuda.synchronize()
         now = time.perf_counter()
-        if step > 3:  # after warm-up
+        if step > warmup:
             times.append(now - last[0])
         last[0] = now
+        if prof is not None:
+            prof.step()
 
     torch.cuda.synchronize()
     last[0] = time.perf_counter()
     train_on_pairs(model, pairs, tcfg, pad_id=0, seed=0, on_step=on_step)
-    per_step = sum(times) / len(times)
-    tokens = batch * 2 * (prompt_len + response_len)
-    tokens_per_s = tokens / per_step
-    mfu = 6 * matmul_params * tokens_per_s / (peak * 1e12)
+    if prof is not None:
+        prof.stop()
+        with open(profile, "w") as f:
+            f.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
+    name = torch.cuda.get_device_name()
+    peak = peak if peak is not None else _peak_tflops(name)
+    per_step = sorted(times)[len(times) // 2]  # median
+    work = step_flops(model.config, batch * accum, prompt_len, response_len, shared)
     return {
-        "device": torch.cuda.get_device_name(),
+        "device": name,
         "params": n_params,
-        "tokens_per_step": tokens,
+        "shared_prompt": shared,
+        "compiled_layers": compile_layers,
+        "pairs_per_step": batch * accum,
+        "micro_batch": batch,
         "s_per_step": per_step,
-        "tokens_per_s": tokens_per_s,
-        "mfu": mfu,
+        "pairs_per_s": batch * accum / per_step,
+        "pair_tokens_per_s": batch * accum * 2 * (prompt_len + response_len) / per_step,
+        "fed_tokens_per_s": work["fed_tokens"] / per_step,
+        "model_tflops_per_s": work["flops"] / per_step / 1e12,
+        "mfu": work["flops"] / per_step / (peak * 1e12),
+        "peak_tflops": peak,
         "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30,
     }
 
@@ -208,14 +295,32 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--response-len", type=int, default=384)
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="bf16 dense peak (default: by device)"
+    )
+    parser.add_argument(
+        "--shared",
+        action="store_true",
+        help="one row per pair (prefix sharing); default two, the trainer's default on a GPU",
+    )
+    parser.add_argument("--accum", type=int, default=1, help="micro-batches per step")
+    parser.add_argument("--profile", default=None, help="write a kernel profile table here")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each layer")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     if args.gpu:
         print(
             json.dumps(
                 run_gpu(
-                    args.steps, args.batch, args.prompt_len, args.response_len, args.peak_tflops
+                    args.steps,
+                    args.batch,
+                    args.prompt_len,
+                    args.response_len,
+                    args.peak_tflops,
+                    args.shared,
+                    args.accum,
+                    args.profile,
+                    args.compile,
                 )
             )
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -38,18 +40,134 @@ def build_batch(
     return input_ids, attention_mask, response_mask
 
 
-def _token_logps(logits: Tensor, targets: Tensor) -> Tensor:
-    """log softmax(logits)[targets] in float32 or wider: logits [N,R,V], targets [N,R] → [N,R]."""
-    if logits.dtype in (torch.float32, torch.float64):
-        # gather − logsumexp: no second [N,R,V] tensor (log_softmax output) kept for backward.
-        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        return picked - torch.logsumexp(logits, dim=-1)
-    # Half-precision logits: upcast one row at a time instead of the whole [N,R,V] block.
-    rows = [
-        torch.log_softmax(row.float(), dim=-1).gather(-1, t.unsqueeze(-1)).squeeze(-1)
-        for row, t in zip(logits, targets, strict=True)
-    ]
-    return torch.stack(rows)
+FUSED_HEAD_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "phi3", "olmo2", "smollm3"}
+)
+"""Architectures whose logits are exactly lm_head(final hidden state): no bias, scaling or
+softcapping after it. For these, log-probs are computed from the hidden states in chunks
+(TokenLogps) and the [N, R, V] logits never exist."""
+
+HEAD_CHUNK = 2**28
+"""TokenLogps computes at most this many logits at once (512 MiB in bf16, 1 GiB in float32)."""
+
+
+def _lse_and_picked(logits: Tensor, targets: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
+    """logsumexp of each row of `logits` [c,V] and log softmax at `targets` [c], in `acc`."""
+    x = logits.to(acc)
+    lse = torch.logsumexp(x, dim=-1)
+    return lse, x.gather(1, targets[:, None]).squeeze(1) - lse
+
+
+def _d_logits(logits: Tensor, lse: Tensor, grad: Tensor, targets: Tensor) -> Tensor:
+    """d log softmax(logits)[target] / d logits · grad = (one_hot(target) − softmax) · grad,
+    in the logits' dtype: logits [c,V], lse and grad [c] (float32 or wider), targets [c]."""
+    softmax = (logits.to(lse.dtype) - lse[:, None]).exp()
+    columns = torch.arange(logits.shape[1], device=logits.device)
+    one_hot = (columns[None, :] == targets[:, None]).to(lse.dtype)
+    return ((one_hot - softmax) * grad[:, None]).to(logits.dtype)
+
+
+_compiled: dict[str, Callable] = {}
+
+
+def _kernel(fn: Callable, device: torch.device) -> Callable:
+    """`fn` compiled (one fused Triton kernel instead of ~6 passes over a chunk's logits) on
+    CUDA when Triton is installed; else `fn` itself."""
+    if device.type != "cuda" or importlib.util.find_spec("triton") is None:
+        return fn
+    if fn.__name__ not in _compiled:
+        _compiled[fn.__name__] = torch.compile(fn, dynamic=True)
+    return _compiled[fn.__name__]
+
+
+class TokenLogps(torch.autograd.Function):
+    """log softmax(hidden @ weightᵀ)[target] per row, chunk by chunk: hidden [N,H], weight [V,H],
+    targets [N] → [N] in float32 (float64 for float64 inputs).
+
+    The forward keeps only each row's logsumexp; the backward recomputes a chunk's logits and
+    turns them into their gradient. Peak memory is one chunk's logits instead of all N × V, and
+    on CUDA the elementwise work on a chunk is one compiled kernel (at a 150k vocabulary it was
+    most of the step's time). Matmuls run in the inputs' dtype, reductions in float32 or wider;
+    the weight's gradient accumulates in that precision too.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:  # noqa: ANN001
+        chunk = max(1, HEAD_CHUNK // weight.shape[0])
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
+        lse = torch.empty_like(out)
+        lse_and_picked = _kernel(_lse_and_picked, hidden.device)
+        for s in range(0, hidden.shape[0], chunk):
+            logits = hidden[s : s + chunk] @ weight.T
+            lse[s : s + chunk], out[s : s + chunk] = lse_and_picked(
+                logits, targets[s : s + chunk], acc
+            )
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # noqa: ANN001
+        hidden, weight, targets, lse = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        d_hidden = torch.empty_like(hidden) if need_h else None
+        d_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device)
+        grad = grad.to(lse.dtype)
+        d_logits_of = _kernel(_d_logits, hidden.device)
+        for s in range(0, hidden.shape[0], ctx.chunk):
+            rows = slice(s, s + ctx.chunk)
+            d_logits = d_logits_of(hidden[rows] @ weight.T, lse[rows], grad[rows], targets[rows])
+            if need_h:
+                d_hidden[rows] = d_logits @ weight
+            if need_w:
+                d_weight += (d_logits.T @ hidden[rows]).to(lse.dtype)
+        return d_hidden, d_weight.to(weight.dtype) if need_w else None, None
+
+
+def _fused_head(model: PreTrainedModel) -> tuple[torch.nn.Module, Tensor] | None:
+    """(the decoder producing the final hidden states, the lm_head weight) when the model's
+    logits are a plain bias-free projection of them (FUSED_HEAD_MODEL_TYPES); else None."""
+    if getattr(model.config, "model_type", None) not in FUSED_HEAD_MODEL_TYPES:
+        return None
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.bias is not None:
+        return None  # e.g. LoRA on the lm_head: let the model compute its logits
+    return model.get_decoder(), head.weight
+
+
+def _picked_logps(
+    model: PreTrainedModel,
+    inputs: dict[str, Tensor],
+    keep: int,
+    rows: Tensor,
+    cols: Tensor,
+    targets: Tensor,
+) -> Tensor:
+    """log p(targets) predicted at (rows, cols) of the last `keep` positions: float32 [n].
+
+    With a fused head only those n hidden states meet the lm_head (TokenLogps); otherwise the
+    model computes its logits for the last `keep` positions.
+    """
+    fused = _fused_head(model)
+    if fused is None:
+        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+        picked = logits[rows, cols, targets]
+        if logits.dtype in (torch.float32, torch.float64):
+            return picked - torch.logsumexp(logits[rows, cols], dim=-1)
+        # half precision: upcast one chunk of positions at a time, not the whole block
+        lse = torch.cat(
+            [torch.logsumexp(x.float(), dim=-1) for x in logits[rows, cols].split(1024)]
+        )
+        return picked.float() - lse
+    decoder, weight = fused
+    hidden = decoder(**inputs, use_cache=False).last_hidden_state
+    hidden = hidden[:, hidden.shape[1] - keep :][rows, cols]
+    if torch.is_autocast_enabled(hidden.device.type):
+        dtype = torch.get_autocast_dtype(hidden.device.type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    with torch.autocast(hidden.device.type, enabled=False):
+        return TokenLogps.apply(hidden, weight, targets)
 
 
 def sequence_logprobs(
@@ -66,16 +184,18 @@ def sequence_logprobs(
     if span == t:
         raise ValueError("a response token in column 0 has no context to be predicted from")
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        logits_to_keep=span + 1,
-        use_cache=False,
-    ).logits[:, :-1]  # position j predicts token j+1
-    logps = _token_logps(logits, input_ids[:, t - span :])
-    # where, not multiply: logits at padding positions are garbage (possibly NaN).
-    return torch.where(response_mask[:, t - span :], logps, 0.0).sum(-1)
+    # Position j (of the last span + 1) predicts token j + 1: only response tokens are scored.
+    rows, cols = response_mask[:, t - span :].nonzero(as_tuple=True)
+    logps = _picked_logps(
+        model,
+        {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids},
+        span + 1,
+        rows,
+        cols,
+        input_ids[:, t - span :][rows, cols],
+    )
+    out = torch.zeros(input_ids.shape[0], dtype=logps.dtype, device=logps.device)
+    return out.index_add(0, rows, logps)
 
 
 class PromptGroups(NamedTuple):
@@ -163,25 +283,20 @@ def grouped_logprobs(model: PreTrainedModel, batch: PromptGroups) -> Tensor:
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
             ~mask, torch.finfo(dtype).min
         )
-    logits = model(
-        input_ids=batch.input_ids,
-        attention_mask=mask,
-        position_ids=batch.position_ids,
-        logits_to_keep=batch.span,
-        use_cache=False,
-    ).logits  # [B, span, V]
-    if logits.dtype in (torch.float32, torch.float64):
-        lse = torch.logsumexp(logits, dim=-1)
-    else:  # half precision: upcast one row at a time, not the whole [B, span, V] block
-        lse = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])
-    rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
-    picked = logits[rows, batch.source, batch.target].to(lse.dtype)
-    logps = picked - lse.gather(1, batch.source)  # [B, L]
-    valid = batch.owner >= 0
-    # where, not multiply: the logits of padding columns are never wanted.
-    logps = torch.where(valid, logps, 0.0)
-    out = torch.zeros((logits.shape[0], batch.width + 1), dtype=logps.dtype, device=logps.device)
-    return out.scatter_add(1, batch.owner + 1, logps)[:, 1:]
+    rows, tokens = (batch.owner >= 0).nonzero(as_tuple=True)
+    logps = _picked_logps(
+        model,
+        {"input_ids": batch.input_ids, "attention_mask": mask, "position_ids": batch.position_ids},
+        batch.span,
+        rows,
+        batch.source[rows, tokens],
+        batch.target[rows, tokens],
+    )
+    out = torch.zeros(
+        batch.input_ids.shape[0] * batch.width, dtype=logps.dtype, device=logps.device
+    )
+    out = out.index_add(0, rows * batch.width + batch.owner[rows, tokens], logps)
+    return out.view(-1, batch.width)
 
 
 RESPONSES_PER_ROW = 4

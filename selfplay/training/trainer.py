@@ -61,12 +61,27 @@ def loss_params(cfg: TrainingConfig) -> LossParams:
 
 def load_trainable(path: str, cfg: TrainingConfig, device: str) -> PreTrainedModel:
     """The policy to train, in float32 on `device`; wrapped with LoRA adapters (peft) when
-    `cfg.lora` is set, so only the adapters train."""
+    `cfg.lora` is set, so only the adapters train; its layers compiled when `cfg.compile`."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device)
-    if cfg.lora is None:
-        return model
+    if cfg.lora is not None:
+        model = _with_lora(model, cfg)
+    if cfg.compile:
+        compile_layers(model)
+    return model
+
+
+def compile_layers(model: PreTrainedModel) -> None:
+    """torch.compile each decoder layer in place (parameter names and the saved checkpoint are
+    unchanged); a model without a `layers` list in its decoder is compiled whole."""
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    for module in layers if isinstance(layers, torch.nn.ModuleList) else [decoder]:
+        module.compile()
+
+
+def _with_lora(model: PreTrainedModel, cfg: TrainingConfig) -> PreTrainedModel:
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
@@ -232,7 +247,10 @@ def train_on_pairs(
     total = planned_steps(len(pairs), cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
     autocast = cfg.bf16 and next(model.parameters()).is_cuda
-    shared = cfg.shared_prompt and takes_custom_masks(model)
+    shared = cfg.shared_prompt
+    if shared is None:
+        shared = not next(model.parameters()).is_cuda
+    shared = shared and takes_custom_masks(model)
     accum = cfg.grad_accum_steps
     totals: dict[str, float] = {}
     step = 0

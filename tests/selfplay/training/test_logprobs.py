@@ -1,7 +1,9 @@
 import pytest
 import torch
 
+from selfplay.training import logprobs
 from selfplay.training.logprobs import (
+    TokenLogps,
     build_batch,
     build_prompt_groups,
     grouped_logprobs,
@@ -141,3 +143,38 @@ def test_score_responses_shares_prompts_and_keeps_the_order(tiny_llama):
     assert score_responses(model, prompts, responses, PAD, batch_size=3) == pytest.approx(
         want, abs=1e-5
     )
+
+
+def test_token_logps_gradcheck_across_chunks(monkeypatch):
+    monkeypatch.setattr(logprobs, "HEAD_CHUNK", 14)  # 7 vocab → 2 rows per chunk
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(5, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(7, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    targets = torch.tensor([0, 6, 3, 3, 1])
+    want = torch.log_softmax(hidden @ weight.T, dim=-1)[torch.arange(5), targets]
+    torch.testing.assert_close(TokenLogps.apply(hidden, weight, targets), want)
+    assert torch.autograd.gradcheck(lambda h, w: TokenLogps.apply(h, w, targets), (hidden, weight))
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_fused_head_matches_the_models_own_logits(tiny_llama, monkeypatch, grouped):
+    """The hidden-state path (TokenLogps, chunked) gives the values and gradients of the
+    full-logits path an unknown architecture takes."""
+    monkeypatch.setattr(logprobs, "HEAD_CHUNK", 3 * 20)  # 3 tokens per chunk: several
+
+    def run(model):
+        if grouped:
+            out = grouped_logprobs(model, build_prompt_groups(PROMPTS, GROUPS, PAD))
+        else:
+            out = sequence_logprobs(model, *build_batch(PROMPTS, RESPONSES, PAD))
+        (out * torch.linspace(-1, 2, out.numel()).view(out.shape)).sum().backward()
+        return out.detach()
+
+    fused, plain = tiny_llama(), tiny_llama()
+    assert logprobs._fused_head(fused) is not None
+    got = run(fused)
+    monkeypatch.setattr(logprobs, "FUSED_HEAD_MODEL_TYPES", frozenset())
+    assert logprobs._fused_head(plain) is None
+    torch.testing.assert_close(got, run(plain), atol=1e-5, rtol=0)
+    for (name, a), b in zip(fused.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)

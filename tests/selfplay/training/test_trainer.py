@@ -268,3 +268,13 @@ def test_lora_trains_only_adapters_and_merges(tiny_llama, tmp_path):
     merged = merged_for_saving(model)
     assert not any("lora" in n for n, _ in merged.named_parameters())
     assert (log_ratio_margins(merged, pairs) > before).all()
+
+
+def test_compile_option_compiles_each_layer_in_place(tiny_llama, tmp_path):
+    from selfplay.training.trainer import load_trainable
+
+    base = tiny_llama()
+    base.save_pretrained(tmp_path / "base")
+    model = load_trainable(str(tmp_path / "base"), config(compile=True), "cpu")
+    assert all(layer._compiled_call_impl is not None for layer in model.get_decoder().layers)
+    assert model.state_dict().keys() == base.state_dict().keys()  # checkpoints unchanged
