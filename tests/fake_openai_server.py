@@ -155,6 +155,8 @@ def make_app(args: argparse.Namespace) -> Any:
             return await _send(send, 404, {"error": {"message": f"no route {path}"}}, [])
         body = await _read_body(receive)
         logic.counts["requests"] += 1
+        if any(k.startswith(b"x-stainless-") for k, _ in scope["headers"]):
+            logic.counts["with_telemetry_headers"] += 1
         if key is not None:
             auth = dict(scope["headers"]).get(b"authorization", b"").decode()
             if auth != f"Bearer {key}":

@@ -177,6 +177,7 @@ def test_pointwise_scores_tokens_cost_and_unparseable_answers(server, judges):
         assert pt > 50 and ct > 0 and v.tokens == pt + ct
         assert v.cost == pytest.approx((2.0 * pt + 10.0 * ct) / 1e6)
         assert v.trace["cached"] is False and v.trace["attempts"] == 1 and v.latency_s > 0
+    assert "with_telemetry_headers" not in stats(server)  # the client's X-Stainless-* left off
 
 
 def test_compare_asks_both_orders_and_averages_out_position_bias(judges):
