@@ -221,11 +221,7 @@ def _stats(
         st = compute_round_stats(session, run, rnd)
     else:
         st = RoundStats(
-            run=run.name,
-            index=rnd.index,
-            status=rnd.status,
-            heldout_accuracy=rnd.heldout_accuracy,
-            wall_time_s=rnd.wall_time_s,
+            **_head(run, rnd),
             summarized=True,
             **{name: getattr(rec, name) for name in SUMMARY_FIELDS},
         )
@@ -234,16 +230,21 @@ def _stats(
     return st
 
 
+def _head(run: Run, rnd: Round) -> dict[str, Any]:
+    """The RoundStats fields every round has, stored in `rounds`."""
+    return {
+        "run": run.name,
+        "index": rnd.index,
+        "status": rnd.status,
+        "heldout_accuracy": rnd.heldout_accuracy,
+        "wall_time_s": rnd.wall_time_s,
+    }
+
+
 def compute_round_stats(session: Session, run: Run, rnd: Round) -> RoundStats:
     """A round's figures from its rows; each aggregate reads only the round's rows through an
     index (2–3.5 s for a round of 100 000 pairs on a loaded machine: done rounds store them)."""
-    st = RoundStats(
-        run=run.name,
-        index=rnd.index,
-        status=rnd.status,
-        heldout_accuracy=rnd.heldout_accuracy,
-        wall_time_s=rnd.wall_time_s,
-    )
+    st = RoundStats(**_head(run, rnd))
     st.prompts = session.scalar(select(func.count()).where(Prompt.round_id == rnd.id)) or 0
     st.responses, st.mean_response_tokens = session.execute(
         select(func.count(), func.avg(Response.num_tokens)).where(Response.round_id == rnd.id)
