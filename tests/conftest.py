@@ -12,6 +12,12 @@ from sqlalchemy import Engine, create_engine, text
 from db.engine import make_engine
 from db.migrate import upgrade
 
+# vLLM on a CPU sizes its KV cache as gpu_memory_utilization × the memory of the first CPU's
+# NUMA node minus the engine process's own RSS: the tests' 0.05 goes negative on a machine whose
+# node 0 holds 9 GiB of 24. An explicit 1 GiB works on any machine (the engines and the servers
+# the tests start inherit it).
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
 PG_URL = os.environ.get("SELFPLAY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
