@@ -112,17 +112,20 @@ class TokenLogps(torch.autograd.Function):
         hidden, weight, targets, lse = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         d_hidden = torch.empty_like(hidden) if need_h else None
-        d_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device)
+        # A frozen lm_head (LoRA) needs no [V,H] accumulator.
+        d_weight = (
+            torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if need_w else None
+        )
         grad = grad.to(lse.dtype)
         d_logits_of = _kernel(_d_logits, hidden.device)
         for s in range(0, hidden.shape[0], ctx.chunk):
             rows = slice(s, s + ctx.chunk)
             d_logits = d_logits_of(hidden[rows] @ weight.T, lse[rows], grad[rows], targets[rows])
-            if need_h:
+            if d_hidden is not None:
                 d_hidden[rows] = d_logits @ weight
-            if need_w:
+            if d_weight is not None:
                 d_weight += (d_logits.T @ hidden[rows]).to(lse.dtype)
-        return d_hidden, d_weight.to(weight.dtype) if need_w else None, None
+        return d_hidden, d_weight.to(weight.dtype) if d_weight is not None else None, None
 
 
 def _fused_head(model: PreTrainedModel) -> tuple[torch.nn.Module, Tensor] | None:
