@@ -17,10 +17,12 @@ autocast (float32 master weights, fused AdamW) on a randomly initialised Qwen2-0
 128-token prompts and 384-token responses:
 
     python benchmarks/trainer_throughput.py --gpu [--steps 20] [--batch 32] [--accum 1]
-        [--compile] [--shared] [--profile FILE] [--peak-tflops T]
+        [--compile] [--bf16-weights] [--shared] [--head-save-gib G] [--profile FILE]
+        [--peak-tflops T]
 
-MFU = model FLOPs per step / step time / the device's dense bf16 peak (by name, or
---peak-tflops). Model FLOPs (step_flops) count what the step needs, forward + backward as 3 ×
+--bf16-weights trains bf16 weights with float32 master copies in the optimizer
+(training.bf16_weights) instead of autocast over float32 weights. MFU = model FLOPs per step /
+step time / the device's dense bf16 peak (by name, or --peak-tflops). Model FLOPs (step_flops) count what the step needs, forward + backward as 3 ×
 forward: the blocks' matrix work on every fed token, the lm_head only where logits are kept,
 attention on the (query, key) pairs the mask allows. Prefix sharing feeds fewer tokens, so its
 MFU counts fewer FLOPs for the same pairs: compare pairs/s between layouts, MFU within one.
@@ -193,9 +195,11 @@ def run_gpu(
     accum: int,
     profile: str | None,
     compile_layers: bool,
+    bf16_weights: bool,
 ) -> dict:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from selfplay.training import logprobs
     from selfplay.training.trainer import PairExample, train_on_pairs
 
     cfg = Qwen2Config(
@@ -235,6 +239,7 @@ def run_gpu(
         max_steps=steps + warmup,
         epochs=1,
         shared_prompt=shared,
+        bf16_weights=bf16_weights,
     )
     times: list[float] = []
     last = [0.0]
@@ -273,6 +278,8 @@ def run_gpu(
         "params": n_params,
         "shared_prompt": shared,
         "compiled_layers": compile_layers,
+        "bf16_weights": bf16_weights,
+        "head_save_gib": logprobs.HEAD_SAVE_BYTES / 2**30,
         "pairs_per_step": batch * accum,
         "micro_batch": batch,
         "s_per_step": per_step,
@@ -306,8 +313,21 @@ def main() -> None:
     parser.add_argument("--accum", type=int, default=1, help="micro-batches per step")
     parser.add_argument("--profile", default=None, help="write a kernel profile table here")
     parser.add_argument("--compile", action="store_true", help="torch.compile each layer")
+    parser.add_argument(
+        "--bf16-weights", action="store_true", help="bf16 weights, float32 masters (not autocast)"
+    )
+    parser.add_argument(
+        "--head-save-gib",
+        type=float,
+        default=None,
+        help="logprobs.HEAD_SAVE_BYTES in GiB (keep d logits for the backward up to this size)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
+    if args.head_save_gib is not None:
+        from selfplay.training import logprobs
+
+        logprobs.HEAD_SAVE_BYTES = int(args.head_save_gib * 2**30)
     if args.gpu:
         print(
             json.dumps(
@@ -321,6 +341,7 @@ def main() -> None:
                     args.accum,
                     args.profile,
                     args.compile,
+                    args.bf16_weights,
                 )
             )
         )

@@ -461,6 +461,12 @@ class TrainingConfig(_Strict):
     bf16: bool = Field(
         True, description="bf16 autocast when training on a GPU (ignored on CPU: float32)."
     )
+    bf16_weights: bool = Field(
+        False,
+        description="With bf16 on a GPU: bf16 weights (and so a bf16 residual stream) during "
+        "training instead of autocast over float32 ones, float32 master copies stepped by the "
+        "optimizer; no per-step weight casts. The model is float32 again after training.",
+    )
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters (peft) instead.")
     compile: bool = Field(
         False,

@@ -50,6 +50,11 @@ softcapping after it. For these, log-probs are computed from the hidden states i
 HEAD_CHUNK = 2**28
 """TokenLogps computes at most this many logits at once (512 MiB in bf16, 1 GiB in float32)."""
 
+HEAD_SAVE_BYTES = 2**33
+"""TokenLogps keeps the whole [N, V] d log p / d logits for the backward (one matmul fewer, no
+chunked float32 accumulation of the weight's gradient) when it takes at most this many bytes
+(8 GiB); larger ones are recomputed chunk by chunk in the backward."""
+
 
 def _lse_and_picked(logits: Tensor, targets: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
     """logsumexp of each row of `logits` [c,V] and log softmax at `targets` [c], in `acc`."""
@@ -67,6 +72,15 @@ def _d_logits(logits: Tensor, lse: Tensor, grad: Tensor, targets: Tensor) -> Ten
     return ((one_hot - softmax) * grad[:, None]).to(logits.dtype)
 
 
+def _lse_and_picked_then_neg_softmax_(
+    logits: Tensor, targets: Tensor, acc: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """_lse_and_picked, then overwrite `logits` with −softmax (computed in `acc`) in place."""
+    lse, picked = _lse_and_picked(logits, targets, acc)
+    logits.copy_(-(logits.to(acc) - lse[:, None]).exp())
+    return lse, picked
+
+
 _compiled: dict[str, Callable] = {}
 
 
@@ -81,34 +95,47 @@ def _kernel(fn: Callable, device: torch.device) -> Callable:
 
 
 class TokenLogps(torch.autograd.Function):
-    """log softmax(hidden @ weightᵀ)[target] per row, chunk by chunk: hidden [N,H], weight [V,H],
-    targets [N] → [N] in float32 (float64 for float64 inputs).
+    """log softmax(hidden @ weightᵀ)[target] per row: hidden [N,H], weight [V,H], targets [N]
+    → [N] in float32 (float64 for float64 inputs).
 
-    The forward keeps only each row's logsumexp; the backward recomputes a chunk's logits and
-    turns them into their gradient. Peak memory is one chunk's logits instead of all N × V, and
-    on CUDA the elementwise work on a chunk is one compiled kernel (at a 150k vocabulary it was
-    most of the step's time). Matmuls run in the inputs' dtype, reductions in float32 or wider;
-    the weight's gradient accumulates in that precision too.
+    The [N,V] logits are never held in float32. Without grad (reference scoring) they are
+    computed chunk by chunk and only each row's logsumexp is kept. With grad, when N × V
+    logits fit HEAD_SAVE_BYTES, the forward turns them in place into d log p / d logits =
+    one_hot(target) − softmax and keeps that for the backward, which is then two matmuls; when
+    they do not, the forward keeps the logsumexps and the backward recomputes each chunk's
+    logits. On CUDA the elementwise work is compiled (at a 150k vocabulary it was most of the
+    step's time). Matmuls run in the inputs' dtype, reductions in float32 or wider.
     """
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:  # noqa: ANN001
-        chunk = max(1, HEAD_CHUNK // weight.shape[0])
+        n, v = hidden.shape[0], weight.shape[0]
+        chunk = max(1, HEAD_CHUNK // v)
         acc = torch.promote_types(hidden.dtype, torch.float32)
-        out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
+        out = torch.empty(n, dtype=acc, device=hidden.device)
         lse = torch.empty_like(out)
-        lse_and_picked = _kernel(_lse_and_picked, hidden.device)
-        for s in range(0, hidden.shape[0], chunk):
-            logits = hidden[s : s + chunk] @ weight.T
+        grads = any(ctx.needs_input_grad[:2])
+        save = grads and n * v * hidden.element_size() <= HEAD_SAVE_BYTES
+        logits = hidden @ weight.T if save else None
+        fn = _lse_and_picked_then_neg_softmax_ if save else _lse_and_picked
+        lse_and_picked = _kernel(fn, hidden.device)
+        for s in range(0, n, chunk):
+            part = logits[s : s + chunk] if save else hidden[s : s + chunk] @ weight.T
             lse[s : s + chunk], out[s : s + chunk] = lse_and_picked(
-                logits, targets[s : s + chunk], acc
+                part, targets[s : s + chunk], acc
             )
-        ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.chunk = chunk
+        if save:  # logits now hold one_hot(target) − softmax
+            logits[torch.arange(n, device=targets.device), targets] += 1
+            ctx.save_for_backward(hidden, weight, logits)
+        else:
+            ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk, ctx.saved_d_logits = chunk, save
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # noqa: ANN001
+        if ctx.saved_d_logits:
+            return (*TokenLogps._backward_saved(ctx, grad), None)
         hidden, weight, targets, lse = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         d_hidden = torch.empty_like(hidden) if need_h else None
@@ -126,6 +153,19 @@ class TokenLogps(torch.autograd.Function):
             if d_weight is not None:
                 d_weight += (d_logits.T @ hidden[rows]).to(lse.dtype)
         return d_hidden, d_weight.to(weight.dtype) if d_weight is not None else None, None
+
+    @staticmethod
+    def _backward_saved(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # noqa: ANN001
+        """d_hidden = grad · (D @ weight), d_weight = Dᵀ @ (grad · hidden), D the saved
+        d log p / d logits: one matmul each over all N rows."""
+        hidden, weight, d_logits = ctx.saved_tensors
+        grad = grad.to(torch.promote_types(hidden.dtype, torch.float32))[:, None]
+        d_hidden = d_weight = None
+        if ctx.needs_input_grad[0]:
+            d_hidden = ((d_logits @ weight) * grad).to(hidden.dtype)
+        if ctx.needs_input_grad[1]:
+            d_weight = (d_logits.T @ (hidden * grad).to(hidden.dtype)).to(weight.dtype)
+        return d_hidden, d_weight
 
 
 def _fused_head(model: PreTrainedModel) -> tuple[torch.nn.Module, Tensor] | None:

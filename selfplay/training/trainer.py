@@ -188,7 +188,52 @@ def _step(
     return loss, metrics
 
 
-def _optimizer(params: list[torch.nn.Parameter], cfg: TrainingConfig) -> torch.optim.Optimizer:
+class _MasterWeights:
+    """bf16 weights for the forward and backward, float32 master copies for the optimizer.
+
+    On entry every float32 parameter of the model becomes bf16 in place (buffers such as the
+    rotary frequencies stay float32) and its float32 value is kept here. `collect` moves the
+    bf16 gradients of the trainable parameters into their masters' float32 `.grad` (after
+    each micro-batch, so accumulation is in float32), the optimizer steps the masters, and
+    `publish` copies them back into the bf16 weights. `restore` puts the float32 masters back
+    into the model: the frozen parameters exactly as they were, the trained ones as trained.
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.params = [p for p in model.parameters() if p.dtype == torch.float32]
+        self.masters = [p.detach().clone() for p in self.params]
+        for p in self.params:
+            p.data = p.data.to(torch.bfloat16)
+        pairs = zip(self.params, self.masters, strict=True)
+        self.trained = [(p, m) for p, m in pairs if p.requires_grad]
+
+    @property
+    def trainable(self) -> list[Tensor]:
+        """The float32 masters of the trainable parameters (what the optimizer steps)."""
+        return [m for _, m in self.trained]
+
+    def collect(self) -> None:
+        """Add the bf16 gradients into the masters' float32 gradients and drop them."""
+        for p, m in self.trained:
+            if p.grad is None:
+                continue
+            if m.grad is None:
+                m.grad = p.grad.float()
+            else:
+                m.grad.add_(p.grad)
+            p.grad = None
+
+    def publish(self) -> None:
+        """Copy the masters into the bf16 weights."""
+        torch._foreach_copy_([p.data for p, _ in self.trained], self.trainable)
+
+    def restore(self) -> None:
+        """Make the model float32 again, holding the masters' values."""
+        for p, m in zip(self.params, self.masters, strict=True):
+            p.data, m.grad = m, None
+
+
+def _optimizer(params: list[Tensor], cfg: TrainingConfig) -> torch.optim.Optimizer:
     # foreach/fused: a few kernels for the whole update instead of ~10 per parameter tensor
     # (torch defaults to the per-tensor loop on CPU).
     if cfg.optimizer == "rmsprop":
@@ -231,7 +276,9 @@ def train_on_pairs(
     last of an epoch may be smaller), `cfg.grad_accum_steps` micro-batches per optimizer step,
     at most `cfg.max_steps` optimizer steps. Gradients are clipped to `cfg.grad_clip`; the
     learning rate warms up linearly, then stays constant or follows a cosine. On a GPU with
-    `cfg.bf16` the forward runs under bf16 autocast (the loss is reduced in float32).
+    `cfg.bf16` the forward runs under bf16 autocast, or with `cfg.bf16_weights` on bf16 weights
+    whose float32 masters the optimizer steps (the model is float32 again on return); the loss
+    is reduced in float32 either way.
     `on_step(step, metrics)` is called after each optimizer step, step counting from 1; metrics
     are loss, reward_margin, preference_accuracy, chosen_logp, rejected_logp (means over the
     step's micro-batches), grad_norm (before clipping) and lr. The summary adds "steps".
@@ -240,13 +287,43 @@ def train_on_pairs(
     """
     if not pairs:
         return {}
+    precision = _precision(cfg, next(model.parameters()).device)
+    masters = _MasterWeights(model) if precision == "bf16_weights" else None
+    try:
+        return _train(model, pairs, cfg, pad_id, seed, on_step, precision, masters)
+    finally:
+        if masters is not None:
+            masters.restore()
+
+
+def _precision(cfg: TrainingConfig, device: torch.device) -> str:
+    """How a step computes: "float32" (CPU, or bf16 off), "autocast" (bf16 autocast over
+    float32 weights) or "bf16_weights" (bf16 weights, float32 masters: _MasterWeights)."""
+    if not cfg.bf16 or device.type != "cuda":
+        return "float32"
+    return "bf16_weights" if cfg.bf16_weights else "autocast"
+
+
+def _train(
+    model: PreTrainedModel,
+    pairs: list[PairExample],
+    cfg: TrainingConfig,
+    pad_id: int,
+    seed: int,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+    precision: str,
+    masters: _MasterWeights | None,
+) -> dict[str, float]:
     loss_fn = LOSSES[cfg.loss].fn
     params = loss_params(cfg)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    if masters is not None:
+        trainable = masters.trainable
+    else:
+        trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(trainable, cfg)
     total = planned_steps(len(pairs), cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
-    autocast = cfg.bf16 and next(model.parameters()).is_cuda
+    autocast = precision == "autocast"
     shared = cfg.shared_prompt
     if shared is None:
         shared = not next(model.parameters()).is_cuda
@@ -271,11 +348,15 @@ def train_on_pairs(
                         model, batch, loss_fn, params, cfg.nll_weight, pad_id, autocast, shared
                     )
                     (loss / len(group)).backward()
+                    if masters is not None:
+                        masters.collect()
                     for k, v in metrics.items():
                         sums[k] = sums.get(k, 0.0) + v / len(group)
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
+                if masters is not None:
+                    masters.publish()
                 schedule.step()
                 # One device sync per step for all the metrics.
                 values = torch.stack([*sums.values(), grad_norm.float()]).tolist()

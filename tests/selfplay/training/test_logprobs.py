@@ -145,8 +145,11 @@ def test_score_responses_shares_prompts_and_keeps_the_order(tiny_llama):
     )
 
 
-def test_token_logps_gradcheck_across_chunks(monkeypatch):
+@pytest.mark.parametrize("saved", [True, False])
+def test_token_logps_gradcheck_across_chunks(monkeypatch, saved):
     monkeypatch.setattr(logprobs, "HEAD_CHUNK", 14)  # 7 vocab → 2 rows per chunk
+    if not saved:  # d logits recomputed in the backward, not kept from the forward
+        monkeypatch.setattr(logprobs, "HEAD_SAVE_BYTES", 0)
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(5, 3, dtype=torch.float64, generator=gen, requires_grad=True)
     weight = torch.randn(7, 3, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -156,11 +159,14 @@ def test_token_logps_gradcheck_across_chunks(monkeypatch):
     assert torch.autograd.gradcheck(lambda h, w: TokenLogps.apply(h, w, targets), (hidden, weight))
 
 
+@pytest.mark.parametrize("saved", [True, False])
 @pytest.mark.parametrize("grouped", [False, True])
-def test_fused_head_matches_the_models_own_logits(tiny_llama, monkeypatch, grouped):
-    """The hidden-state path (TokenLogps, chunked) gives the values and gradients of the
-    full-logits path an unknown architecture takes."""
+def test_fused_head_matches_the_models_own_logits(tiny_llama, monkeypatch, grouped, saved):
+    """The hidden-state path (TokenLogps, chunked, d logits kept or recomputed) gives the
+    values and gradients of the full-logits path an unknown architecture takes."""
     monkeypatch.setattr(logprobs, "HEAD_CHUNK", 3 * 20)  # 3 tokens per chunk: several
+    if not saved:
+        monkeypatch.setattr(logprobs, "HEAD_SAVE_BYTES", 0)
 
     def run(model):
         if grouped:

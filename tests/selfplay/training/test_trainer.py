@@ -278,3 +278,45 @@ def test_compile_option_compiles_each_layer_in_place(tiny_llama, tmp_path):
     model = load_trainable(str(tmp_path / "base"), config(compile=True), "cpu")
     assert all(layer._compiled_call_impl is not None for layer in model.get_decoder().layers)
     assert model.state_dict().keys() == base.state_dict().keys()  # checkpoints unchanged
+
+
+def test_bf16_weights_train_float32_masters(tiny_llama, tmp_path, monkeypatch):
+    # The GPU path (training.bf16_weights) forced on the CPU, where bf16 matmuls also run.
+    from selfplay.config import LoraConfig
+    from selfplay.training import trainer
+
+    cfg = config(batch_size=3, grad_accum_steps=2, max_steps=6)
+    fp32, bf16 = tiny_llama(), tiny_llama()
+    pairs = make_pairs(fp32)
+    reference: list[dict] = []
+    train_on_pairs(fp32, pairs, cfg, PAD, seed=0, on_step=history_of(reference))
+
+    monkeypatch.setattr(trainer, "_precision", lambda cfg, device: "bf16_weights")
+    history: list[dict] = []
+    dtypes: list[set] = []
+
+    def on_step(step: int, metrics: dict) -> None:
+        history.append(metrics)
+        dtypes.append({p.dtype for p in bf16.parameters()} | {b.dtype for b in bf16.buffers()})
+
+    train_on_pairs(bf16, pairs, cfg, PAD, seed=0, on_step=on_step)
+    # During training: bf16 weights, the rotary frequencies (a buffer) still float32.
+    assert len(dtypes) == 6 and all(d == {torch.bfloat16, torch.float32} for d in dtypes)
+    assert {p.dtype for p in bf16.parameters()} == {torch.float32}  # float32 again after
+    for a, b in zip(reference, history, strict=True):  # the same training, to bf16 precision
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.05, abs=0.02)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=0.05)  # both micro-batches
+    assert (log_ratio_margins(bf16, pairs) > 0).all()
+
+    # Frozen weights (LoRA) come back bit for bit: their float32 values were kept, not re-cast.
+    tiny_llama().save_pretrained(tmp_path / "base")
+    lora_cfg = config(lora=LoraConfig(r=4, target_modules=["q_proj"]), max_steps=3)
+    lora = trainer.load_trainable(str(tmp_path / "base"), lora_cfg, "cpu")
+    frozen = {n: p.detach().clone() for n, p in lora.named_parameters() if not p.requires_grad}
+    adapters = {n: p.detach().clone() for n, p in lora.named_parameters() if p.requires_grad}
+    train_on_pairs(lora, pairs, lora_cfg, PAD, seed=0)
+    for n, p in lora.named_parameters():
+        assert p.dtype == torch.float32, n
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    assert any(not torch.equal(p, adapters[n]) for n, p in lora.named_parameters() if n in adapters)
