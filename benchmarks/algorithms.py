@@ -1,8 +1,8 @@
 """The algorithm table: every round procedure on the quickstart task, several seeds each.
 
     python benchmarks/algorithms.py [--algorithms dpo,rft,...] [--seeds 0,1,2] [--rounds 10]
-        [--jobs 4] [--flip-rate 0.2] [--epsilon 0.2] [--nll-weight 1] [--out runs/algorithms]
-        [--json results.json]
+        [--jobs 4] [--flip-rate 0.2] [--epsilon 0.2] [--nll-weight 1] [--lr 1e-4]
+        [--out runs/algorithms] [--json results.json]
 
 Each (algorithm, seed) is configs/quickstart.yaml with `algorithm:` set (the preset fills the
 loss, its reference, the pair builder and the paper's loss hyper-parameters) and the run seed
@@ -11,7 +11,7 @@ epochs) stays the quickstart's, so every row has the same generation budget per 
 splits its 8 samples into 4 from the policy and 4 from the reference. --flip-rate wraps the
 verifier in label noise (the cdpo/rdpo robustness experiment) and --epsilon sets cdpo's and
 rdpo's ε (the presets': 0.1); --nll-weight adds the
-NLL-on-chosen term to every algorithm. Runs go to parallel worker
+NLL-on-chosen term to every algorithm and --lr replaces the quickstart's learning rate. Runs go to parallel worker
 processes (--jobs); the SFT model of each seed is built once, before them. Prints markdown
 (mean ± sd of held-out accuracy per round over the seeds, mean wall time per run) and writes
 the raw numbers as JSON.
@@ -45,11 +45,13 @@ def config_for(
     out: str,
     nll_weight: float | None = None,
     epsilon: float | None = None,
+    lr: float | None = None,
 ) -> dict:
     data = yaml.safe_load(yaml.safe_dump(base))
     slug = f"{algorithm.replace('+', '_')}-s{seed}" + (f"-flip{flip}" if flip else "")
     slug += f"-nll{nll_weight}" if nll_weight is not None else ""
     slug += f"-eps{epsilon}" if epsilon is not None and algorithm in ("cdpo", "rdpo") else ""
+    slug += f"-lr{lr}" if lr is not None else ""
     data["run"].update(name=slug, seed=seed, rounds=rounds, output_dir=f"{out}/{slug}")
     data["algorithm"] = algorithm
     # The preset decides these; the quickstart's own values would override it.
@@ -64,6 +66,8 @@ def config_for(
         data["training"]["nll_weight"] = nll_weight
     if epsilon is not None and algorithm in ("cdpo", "rdpo"):
         data["training"]["epsilon"] = epsilon
+    if lr is not None:
+        data["training"]["lr"] = lr
     return data
 
 
@@ -89,6 +93,7 @@ def main() -> None:
     parser.add_argument("--flip-rate", type=float, default=0.0)
     parser.add_argument("--nll-weight", type=float, default=None)
     parser.add_argument("--epsilon", type=float, default=None)
+    parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--out", default="runs/algorithms")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -104,7 +109,15 @@ def main() -> None:
             a,
             s,
             config_for(
-                base, a, s, args.rounds, args.flip_rate, args.out, args.nll_weight, args.epsilon
+                base,
+                a,
+                s,
+                args.rounds,
+                args.flip_rate,
+                args.out,
+                args.nll_weight,
+                args.epsilon,
+                args.lr,
             ),
         )
         for a in algorithms
