@@ -50,10 +50,24 @@ softcapping after it. For these, log-probs are computed from the hidden states i
 HEAD_CHUNK = 2**28
 """TokenLogps computes at most this many logits at once (512 MiB in bf16, 1 GiB in float32)."""
 
-HEAD_SAVE_BYTES = 2**33
+HEAD_SAVE_BYTES = 2**34
 """TokenLogps keeps the whole [N, V] d log p / d logits for the backward (one matmul fewer, no
 chunked float32 accumulation of the weight's gradient) when it takes at most this many bytes
-(8 GiB); larger ones are recomputed chunk by chunk in the backward."""
+(16 GiB) and, on a GPU, at most HEAD_SAVE_FREE_FRACTION of the memory PyTorch has not
+allocated; otherwise the backward recomputes the logits chunk by chunk."""
+
+HEAD_SAVE_FREE_FRACTION = 0.5
+
+
+def _keep_d_logits(nbytes: int, device: torch.device) -> bool:
+    """Whether a [N, V] block of `nbytes` may be kept for the backward (HEAD_SAVE_BYTES)."""
+    if nbytes > HEAD_SAVE_BYTES:
+        return False
+    if device.type != "cuda":
+        return True
+    # The allocator's own counters: asking the driver (mem_get_info) would cost a sync.
+    total = torch.cuda.get_device_properties(device).total_memory
+    return nbytes <= HEAD_SAVE_FREE_FRACTION * (total - torch.cuda.memory_allocated(device))
 
 
 def _lse_and_picked(logits: Tensor, targets: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -86,11 +100,20 @@ _compiled: dict[str, Callable] = {}
 
 def _kernel(fn: Callable, device: torch.device) -> Callable:
     """`fn` compiled (one fused Triton kernel instead of ~6 passes over a chunk's logits) on
-    CUDA when Triton is installed; else `fn` itself."""
+    CUDA when Triton is installed; else `fn` itself. The row count is dynamic, the vocabulary
+    static (the kernels specialise on it)."""
     if device.type != "cuda" or importlib.util.find_spec("triton") is None:
         return fn
     if fn.__name__ not in _compiled:
-        _compiled[fn.__name__] = torch.compile(fn, dynamic=True)
+        compiled = torch.compile(fn)
+
+        def rows_dynamic(*args: object) -> object:
+            for a in args:
+                if isinstance(a, Tensor):
+                    torch._dynamo.maybe_mark_dynamic(a, 0)
+            return compiled(*args)
+
+        _compiled[fn.__name__] = rows_dynamic
     return _compiled[fn.__name__]
 
 
@@ -98,13 +121,14 @@ class TokenLogps(torch.autograd.Function):
     """log softmax(hidden @ weightᵀ)[target] per row: hidden [N,H], weight [V,H], targets [N]
     → [N] in float32 (float64 for float64 inputs).
 
-    The [N,V] logits are never held in float32. Without grad (reference scoring) they are
+    The [N,V] logits are never upcast as a whole. Without grad (reference scoring) they are
     computed chunk by chunk and only each row's logsumexp is kept. With grad, when N × V
-    logits fit HEAD_SAVE_BYTES, the forward turns them in place into d log p / d logits =
-    one_hot(target) − softmax and keeps that for the backward, which is then two matmuls; when
-    they do not, the forward keeps the logsumexps and the backward recomputes each chunk's
-    logits. On CUDA the elementwise work is compiled (at a 150k vocabulary it was most of the
-    step's time). Matmuls run in the inputs' dtype, reductions in float32 or wider.
+    logits fit HEAD_SAVE_BYTES (and half the free GPU memory), the forward turns them in place
+    into d log p / d logits = one_hot(target) − softmax and keeps that for the backward, which
+    is then two matmuls; when they do not, the forward keeps the logsumexps and the backward
+    recomputes each chunk's logits. On CUDA the elementwise work is compiled (at a 150k
+    vocabulary it was most of the step's time). Matmuls run in the inputs' dtype, reductions
+    in float32 or wider.
     """
 
     @staticmethod
@@ -115,7 +139,7 @@ class TokenLogps(torch.autograd.Function):
         out = torch.empty(n, dtype=acc, device=hidden.device)
         lse = torch.empty_like(out)
         grads = any(ctx.needs_input_grad[:2])
-        save = grads and n * v * hidden.element_size() <= HEAD_SAVE_BYTES
+        save = grads and _keep_d_logits(n * v * hidden.element_size(), hidden.device)
         logits = hidden @ weight.T if save else None
         fn = _lse_and_picked_then_neg_softmax_ if save else _lse_and_picked
         lse_and_picked = _kernel(fn, hidden.device)
