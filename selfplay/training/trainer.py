@@ -192,7 +192,8 @@ class _MasterWeights:
     """bf16 weights for the forward and backward, float32 master copies for the optimizer.
 
     On entry every float32 parameter of the model becomes bf16 in place (buffers such as the
-    rotary frequencies stay float32) and its float32 value is kept here. `collect` moves the
+    rotary frequencies stay float32) and its float32 value is kept here: the trainable ones'
+    on their device, the frozen ones' (a LoRA base model) in CPU memory. `collect` moves the
     bf16 gradients of the trainable parameters into their masters' float32 `.grad` (after
     each micro-batch, so accumulation is in float32), the optimizer steps the masters, and
     `publish` copies them back into the bf16 weights. `restore` puts the float32 masters back
@@ -201,7 +202,10 @@ class _MasterWeights:
 
     def __init__(self, model: PreTrainedModel) -> None:
         self.params = [p for p in model.parameters() if p.dtype == torch.float32]
-        self.masters = [p.detach().clone() for p in self.params]
+        self.masters = [
+            p.detach().clone() if p.requires_grad else p.detach().to("cpu", copy=True)
+            for p in self.params
+        ]
         for p in self.params:
             p.data = p.data.to(torch.bfloat16)
         pairs = zip(self.params, self.masters, strict=True)
@@ -230,7 +234,7 @@ class _MasterWeights:
     def restore(self) -> None:
         """Make the model float32 again, holding the masters' values."""
         for p, m in zip(self.params, self.masters, strict=True):
-            p.data, m.grad = m, None
+            p.data, m.grad = m.to(p.device), None
 
 
 def _optimizer(params: list[Tensor], cfg: TrainingConfig) -> torch.optim.Optimizer:
