@@ -1,0 +1,76 @@
+"""The trainer's CUDA-only paths: run where a GPU is, skipped elsewhere.
+
+On a GPU machine without the store's packages (sqlalchemy, which tests/conftest.py imports):
+    python -m pytest --noconftest tests/selfplay/training/test_gpu.py
+"""
+
+import pytest
+import torch
+
+from selfplay.config import TrainingConfig
+from selfplay.training import logprobs
+from selfplay.training.logprobs import TokenLogps
+from selfplay.training.trainer import PairExample, train_on_pairs
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("saved", [True, False])
+def test_token_logps_bf16_matches_float32(monkeypatch, saved):
+    # A Qwen2-sized vocabulary, several chunks, the compiled kernels; float32 as the reference.
+    if not saved:
+        monkeypatch.setattr(logprobs, "HEAD_SAVE_BYTES", 0)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    n, v, h = 3000, 151936, 896
+    hidden = torch.randn(n, h, device="cuda", generator=gen).bfloat16().requires_grad_()
+    weight = (torch.randn(v, h, device="cuda", generator=gen) * 0.02).bfloat16().requires_grad_()
+    targets = torch.randint(0, v, (n,), device="cuda", generator=gen)
+    grad = torch.randn(n, device="cuda", generator=gen)
+    h32, w32 = (x.detach().float().requires_grad_() for x in (hidden, weight))
+    want = torch.log_softmax(h32 @ w32.T, -1)[torch.arange(n), targets]
+    (want * grad).sum().backward()
+    got = TokenLogps.apply(hidden, weight, targets)
+    (got * grad).sum().backward()
+    assert (got - want.detach()).abs().max() < 0.02
+    assert _relative(hidden.grad, h32.grad) < 0.01
+    assert _relative(weight.grad, w32.grad) < 0.01
+
+
+def test_bf16_weights_train_like_autocast():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=1000,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    gen = torch.Generator().manual_seed(1)
+
+    def tokens(k: int) -> list[int]:
+        return torch.randint(3, 1000, (k,), generator=gen).tolist()
+
+    pairs = [PairExample(tokens(6), [5, 6, 7], tokens(3), -20.0, -20.0) for _ in range(64)]
+    runs = []
+    for bf16_weights in (False, True):
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(config).cuda()
+        history: list[dict] = []
+        cfg = TrainingConfig(lr=1e-3, batch_size=16, max_steps=40, epochs=20)
+        cfg = cfg.model_copy(update={"bf16_weights": bf16_weights})
+        train_on_pairs(model, pairs, cfg, 0, 0, on_step=lambda s, m, h=history: h.append(m))
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+        runs.append(history)
+    autocast, bf16 = runs
+    assert bf16[-1]["preference_accuracy"] == 1.0
+    assert bf16[-1]["loss"] < 0.1 * bf16[0]["loss"]
+    for a, b in zip(autocast[:10], bf16[:10], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.02, abs=1e-3)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=0.02)
