@@ -294,7 +294,7 @@ def train_on_pairs(
     precision = _precision(cfg, next(model.parameters()).device)
     masters = _MasterWeights(model) if precision == "bf16_weights" else None
     try:
-        return _train(model, pairs, cfg, pad_id, seed, on_step, precision, masters)
+        return _train(model, pairs, cfg, pad_id, seed, on_step, precision == "autocast", masters)
     finally:
         if masters is not None:
             masters.restore()
@@ -315,7 +315,7 @@ def _train(
     pad_id: int,
     seed: int,
     on_step: Callable[[int, dict[str, float]], None] | None,
-    precision: str,
+    autocast: bool,
     masters: _MasterWeights | None,
 ) -> dict[str, float]:
     loss_fn = LOSSES[cfg.loss].fn
@@ -327,7 +327,6 @@ def _train(
     optimizer = _optimizer(trainable, cfg)
     total = planned_steps(len(pairs), cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
-    autocast = precision == "autocast"
     shared = cfg.shared_prompt
     if shared is None:
         shared = not next(model.parameters()).is_cuda
