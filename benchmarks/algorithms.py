@@ -10,9 +10,9 @@ changed; everything else (prompts per round, K = 8 samples per prompt, training 
 epochs) stays the quickstart's, so every row has the same generation budget per round. XPO
 splits its 8 samples into 4 from the policy and 4 from the reference. --flip-rate wraps the
 verifier in label noise (the cdpo/rdpo robustness experiment) and --epsilon sets cdpo's and
-rdpo's ε (the presets': 0.1); --nll-weight adds the
-NLL-on-chosen term to every algorithm and --lr replaces the quickstart's learning rate. Runs go to parallel worker
-processes (--jobs); the SFT model of each seed is built once, before them. Prints markdown
+rdpo's ε (the presets': 0.1); --nll-weight adds the NLL-on-chosen term to every algorithm and
+--lr replaces the quickstart's learning rate. Runs go to parallel worker processes (--jobs);
+the SFT model of each seed is built once, before them. Prints markdown
 (mean ± sd of held-out accuracy per round over the seeds, mean wall time per run) and writes
 the raw numbers as JSON.
 """

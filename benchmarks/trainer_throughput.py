@@ -22,10 +22,11 @@ autocast (float32 master weights, fused AdamW) on a randomly initialised Qwen2-0
 
 --bf16-weights trains bf16 weights with float32 master copies in the optimizer
 (training.bf16_weights) instead of autocast over float32 weights. MFU = model FLOPs per step /
-step time / the device's dense bf16 peak (by name, or --peak-tflops). Model FLOPs (step_flops) count what the step needs, forward + backward as 3 ×
-forward: the blocks' matrix work on every fed token, the lm_head only where logits are kept,
-attention on the (query, key) pairs the mask allows. Prefix sharing feeds fewer tokens, so its
-MFU counts fewer FLOPs for the same pairs: compare pairs/s between layouts, MFU within one.
+step time / the device's dense bf16 peak (by name, or --peak-tflops). Model FLOPs
+(step_flops) count what the step needs, forward + backward as 3 × forward: the blocks' matrix
+work on every fed token, the lm_head only where logits are kept, attention on the (query, key)
+pairs the mask allows. Prefix sharing feeds fewer tokens, so its MFU counts fewer FLOPs for
+the same pairs: compare pairs/s between layouts, MFU within one.
 """
 
 from __future__ import annotations
