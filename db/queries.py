@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -160,7 +161,9 @@ class ScoredResponse:
 
 
 def scored_responses(session: Session, round_id: int, judge: str) -> list[ScoredResponse]:
-    """Successful judgments of a round's responses (mean over repeats), in response order."""
+    """Successful judgments of a round's responses (mean over repeats), in response order.
+    A response whose stored mean is not a finite number (a NaN or NULL written by a judge
+    before verdicts were checked) is left out, so such rows never reach a pair builder."""
     stmt = (
         select(
             Response.id,
@@ -172,7 +175,12 @@ def scored_responses(session: Session, round_id: int, judge: str) -> list[Scored
             Response.revises_id,
         )
         .join(Judgment, Judgment.response_id == Response.id)
-        .where(Response.round_id == round_id, Judgment.judge == judge, Judgment.status == "ok")
+        .where(
+            Response.round_id == round_id,
+            Judgment.judge == judge,
+            Judgment.status == "ok",
+            Judgment.score.is_not(None),
+        )
         .group_by(
             Response.id,
             Response.prompt_id,
@@ -183,7 +191,8 @@ def scored_responses(session: Session, round_id: int, judge: str) -> list[Scored
         )
         .order_by(Response.id)
     )
-    return [ScoredResponse(*row) for row in session.execute(stmt)]
+    rows = [ScoredResponse(*row) for row in session.execute(stmt)]
+    return [r for r in rows if r.score is not None and math.isfinite(r.score)]
 
 
 def critiques(session: Session, response_ids: Sequence[int], judge: str) -> dict[int, str]:

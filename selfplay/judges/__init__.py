@@ -23,6 +23,7 @@ from selfplay.judges.base import (
     PairwiseJudge,
     PolicyHandle,
     Verdict,
+    safe_compare,
     safe_judge,
     symmetric_compare,
 )
@@ -115,7 +116,7 @@ class NoisyJudge:
 
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
         """The inner judge's verdicts, a `flip_rate` fraction of them flipped."""
-        verdicts = self.inner.judge(items)
+        verdicts = safe_judge(self.inner, items)
         return [
             replace(
                 v,
@@ -129,8 +130,19 @@ class NoisyJudge:
 
 
 def make_judge(cfg: JudgeConfig, env: JudgeEnv) -> Judge:
-    """Build the configured judge (wrapped in label noise if cfg.flip_rate > 0)."""
-    judge = resolve_factory(cfg.name)(cfg, env)
+    """Build the configured judge (wrapped in label noise if cfg.flip_rate > 0). A factory
+    that raises is a ConfigError naming `judge.name` (the CLI's exit 2), not a traceback."""
+    from selfplay.config import ConfigError
+
+    factory = resolve_factory(cfg.name)
+    try:
+        judge = factory(cfg, env)
+    except ConfigError:
+        raise
+    except Exception as err:  # a plug-in's constructor: the user's code, the user's error
+        raise ConfigError(
+            f"judge.name: the factory of judge {cfg.name!r} raised {type(err).__name__}: {err}"
+        ) from err
     return NoisyJudge(judge, cfg.flip_rate, env.seed) if cfg.flip_rate > 0 else judge
 
 
@@ -151,6 +163,7 @@ __all__ = [
     "available_judges",
     "make_judge",
     "resolve_factory",
+    "safe_compare",
     "safe_judge",
     "symmetric_compare",
 ]

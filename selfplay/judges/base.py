@@ -8,8 +8,10 @@ name, third-party ones through the entry-point group `selfplay.judges` or `modul
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
 
 from selfplay.tasks.base import Prompt
@@ -135,17 +137,94 @@ class JudgeEnv:
 JudgeFactory = Callable[["JudgeConfig", JudgeEnv], Judge]
 
 
-def safe_judge(judge: Judge, items: list[JudgeItem]) -> list[Verdict]:
-    """The judge's verdicts; a judge that raises, or returns the wrong number of verdicts,
-    gives a failed verdict per item naming the judge and the error (never an exception)."""
+def _number_problem(value: object, what: str, lo: float, hi: float) -> str | None:
+    """Why `value` is no usable number in [lo, hi], or None when it is one."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"{what} is {type(value).__name__} {value!r:.60}, not a float"
+    if not math.isfinite(value):
+        return f"{what} is {value}, not a finite float"
+    if not lo <= value <= hi:
+        return f"{what} {value} is outside [{lo}, {hi}]"
+    return None
+
+
+def _checked(outcome: object, kind: type[_Outcome], value: str, lo: float, hi: float) -> _Outcome:
+    """The judge's returned object if it keeps the contract (a failed `kind`, or an ok one
+    whose `value` is a finite real in [lo, hi], made a plain float), else a failed `kind`
+    saying what is wrong (without the judge's name: the caller adds it)."""
+    if not isinstance(outcome, kind):
+        return kind.failure(
+            f"returned {type(outcome).__name__} {outcome!r:.60}, not a {kind.__name__}"
+        )
+    if outcome.status == "failed":
+        return outcome
+    if outcome.status != "ok":
+        return kind.failure(f"returned status {outcome.status!r:.60}, not 'ok' or 'failed'")
+    number = getattr(outcome, value)
+    problem = _number_problem(number, value, lo, hi)
+    if problem is not None:
+        return kind.failure(problem)
+    return replace(outcome, **{value: float(number)})
+
+
+def _guarded(
+    name: str,
+    call: Callable[[], list[Any]],
+    n: int,
+    noun: tuple[str, str],
+    kind: type[_Outcome],
+    value: str,
+    lo: float,
+    hi: float,
+) -> list[Any]:
+    """`call()`'s outcomes with every contract breach turned into a failed outcome naming the
+    judge and the problem; a raise, or the wrong count, fails all `n` (never an exception)."""
     try:
-        verdicts = judge.judge(items)
-        if len(verdicts) != len(items):
-            raise ValueError(f"returned {len(verdicts)} verdicts for {len(items)} responses")
+        outcomes = list(call())
+        if len(outcomes) != n:
+            raise ValueError(f"returned {len(outcomes)} {noun[0]} for {n} {noun[1]}")
     except Exception as err:  # recorded, never raised: the loop goes on
-        reason = f"judge {judge.name!r} raised {type(err).__name__}: {err}"
-        verdicts = [Verdict.failure(reason) for _ in items]
-    return verdicts
+        reason = f"judge {name!r} raised {type(err).__name__}: {err}"
+        return [kind.failure(reason) for _ in range(n)]
+    out = []
+    for outcome in outcomes:
+        checked = _checked(outcome, kind, value, lo, hi)
+        if checked is not outcome and checked.status == "failed":
+            checked = kind.failure(f"judge {name!r} {checked.error}")
+        out.append(checked)
+    return out
+
+
+def safe_judge(judge: Judge, items: list[JudgeItem]) -> list[Verdict]:
+    """The judge's verdicts, checked: a judge that raises or returns the wrong number gives a
+    failed verdict per item; anything but a `Verdict` that failed or has a finite float score
+    (a NaN, ±inf, a string, a bare float) becomes a failed verdict naming the judge and the
+    problem. What comes back is safe to store and to pair on."""
+    return _guarded(
+        judge.name,
+        lambda: judge.judge(items),
+        len(items),
+        ("verdicts", "responses"),
+        Verdict,
+        "score",
+        -math.inf,
+        math.inf,
+    )
+
+
+def safe_compare(judge: PairwiseJudge, items: list[PairItem]) -> list[Comparison]:
+    """The judge's comparisons, checked as `safe_judge` checks verdicts: each is a failed
+    `Comparison` or an ok one whose `prob` is a float in [0, 1]."""
+    return _guarded(
+        judge.name,
+        lambda: judge.compare(items),
+        len(items),
+        ("comparisons", "pairs"),
+        Comparison,
+        "prob",
+        0.0,
+        1.0,
+    )
 
 
 def symmetric_compare(judge: PairwiseJudge, items: list[PairItem]) -> list[Comparison]:
@@ -158,7 +237,7 @@ def symmetric_compare(judge: PairwiseJudge, items: list[PairItem]) -> list[Compa
     failed is a failed comparison carrying the error.
     """
     swapped = [PairItem(i.prompt, i.second, i.first) for i in items]
-    both = judge.compare(items + swapped)
+    both = safe_compare(judge, items + swapped)
     forward, backward = both[: len(items)], both[len(items) :]
     out = []
     for ab, ba in zip(forward, backward, strict=True):
