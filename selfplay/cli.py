@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +12,10 @@ from rich.table import Table
 
 from selfplay.config import ConfigError, SelfplayConfig, load_config
 from selfplay.progress import RichReporter, format_accuracy
+from selfplay.redact import mask_text, mask_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Manage and inspect the preference store.")
@@ -44,6 +48,48 @@ def _db_url(db: str | None) -> str:
     return db or os.environ.get("SELFPLAY_DB_URL") or DEFAULT_DB
 
 
+def _first_line(e: BaseException) -> str:
+    """`Type: message`, its first line only (SQLAlchemy appends a background link)."""
+    text = str(e).strip().splitlines()
+    return f"{e.__class__.__name__}: {text[0] if text else ''}"
+
+
+def open_store(db: str | None) -> Engine:
+    """The engine of a current selfplay store, or a clean exit: 2 for a URL that names no
+    database selfplay can open (`--db`), 1 for a store that is unreachable, absent or behind
+    this selfplay's schema. Messages carry the URL with its password masked."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
+    from db.engine import make_engine
+    from db.migrate import check_current
+
+    url = _db_url(db)
+    shown = mask_url(url)
+    try:
+        engine = make_engine(url)
+    except (ArgumentError, ImportError) as e:
+        raise _fail(
+            mask_text(f"--db: cannot open store {shown}: {_first_line(e)}", url), 2
+        ) from None
+    try:
+        has_store = inspect(engine).has_table("runs")
+    except OperationalError as e:
+        engine.dispose()
+        raise _fail(
+            mask_text(f"cannot open store {shown}: {_first_line(e)}", url), 1
+        ) from None
+    if not has_store:
+        engine.dispose()
+        raise _fail(f"no selfplay store at {shown} (run `selfplay run` first)", 1)
+    try:
+        check_current(engine, shown)
+    except RuntimeError as e:
+        engine.dispose()
+        raise _fail(str(e), 1) from None
+    return engine
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
@@ -56,7 +102,7 @@ def run(
 
     cfg = _config_or_exit(config)
     _quiet_transformers()
-    err.print(f"run [bold]{cfg.run.name}[/]: store {cfg.db_url}", highlight=False)
+    err.print(f"run [bold]{cfg.run.name}[/]: store {mask_url(cfg.db_url)}", highlight=False)
     try:
         summaries = run_loop(cfg, rounds=rounds, reporter=RichReporter(out))
     except ConfigError as e:
@@ -83,28 +129,20 @@ def status(
 ) -> None:
     """Print each run's rounds: stage, pairs, held-out accuracy, wall time, and the judge's
     meta-evaluation (agreement with the verifier, position bias, failed share) when stored."""
-    from sqlalchemy import inspect, select
+    from sqlalchemy import select
     from sqlalchemy.orm import Session
 
     from db import queries
-    from db.engine import make_engine
     from db.inspect import stage_metrics
-    from db.migrate import check_current
     from db.models import EXTERNAL_CHECKPOINT_PREFIX, Run
 
-    engine = make_engine(_db_url(db))
-    if not inspect(engine).has_table("runs"):
-        raise _fail(f"no selfplay store at {_db_url(db)} (run `selfplay run` first)", 1)
-    try:
-        check_current(engine, _db_url(db))
-    except RuntimeError as e:
-        raise _fail(str(e), 1) from None
+    engine = open_store(db)
     with engine.connect() as conn, Session(bind=conn) as s:
         runs = list(s.scalars(select(Run).order_by(Run.id)))
         if run_name is not None:
             runs = [r for r in runs if r.name == run_name]
             if not runs:
-                raise _fail(f"no run named {run_name!r} in {_db_url(db)}", 1)
+                raise _fail(f"no run named {run_name!r} in {mask_url(_db_url(db))}", 1)
         for r in runs:
             judge_eval = stage_metrics(s, r.id, "judge_eval")
             shown = [m for m in _JUDGE_EVAL_COLUMNS if any(m in v for v in judge_eval.values())]
@@ -162,7 +200,7 @@ def judge(
     if run_name is not None:
         cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": run_name})})
     _quiet_transformers()
-    err.print(f"run [bold]{cfg.run.name}[/]: store {cfg.db_url}", highlight=False)
+    err.print(f"run [bold]{cfg.run.name}[/]: store {mask_url(cfg.db_url)}", highlight=False)
     try:
         result = label_file(cfg, data, pairs=pairs, reporter=RichReporter(out))
     except ConfigError as e:
@@ -214,7 +252,7 @@ def db_upgrade(db: DbOption = None) -> None:
 
     engine = make_engine(_db_url(db))
     upgrade(engine)
-    out.print(f"store {_db_url(db)} at revision {current_revision(engine)}")
+    out.print(f"store {mask_url(_db_url(db))} at revision {current_revision(engine)}")
     engine.dispose()
 
 

@@ -16,11 +16,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session
 
 from db.inspect import InspectError, PairFilter
-from selfplay.cli import DbOption, _db_url, _fail, app, db_app, out
+from selfplay.cli import DbOption, _db_url, _fail, app, db_app, open_store, out
+from selfplay.redact import mask_url
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 RunOption = Annotated[str | None, typer.Option("--run", help="Run name.")]
@@ -41,27 +41,8 @@ SearchOption = Annotated[
 
 @contextmanager
 def _session(db: str | None) -> Iterator[Session]:
-    """A session on the store, or a clean exit 1 when there is none, its schema is behind this
-    selfplay's, or a filter is bad."""
-    from sqlalchemy import inspect
-
-    from db.engine import make_engine
-    from db.migrate import check_current
-
-    url = _db_url(db)
-    try:
-        engine = make_engine(url)
-        has_store = inspect(engine).has_table("runs")
-    except (ArgumentError, OperationalError, ImportError) as e:
-        raise _fail(f"cannot open store {url}: {e.__class__.__name__}: {e}", 1) from None
-    if not has_store:
-        engine.dispose()
-        raise _fail(f"no selfplay store at {url} (run `selfplay run` first)", 1)
-    try:
-        check_current(engine, url)
-    except RuntimeError as e:
-        engine.dispose()
-        raise _fail(str(e), 1) from None
+    """A session on the store (`open_store`'s exits), or a clean exit 1 for a bad filter."""
+    engine = open_store(db)
     try:
         with Session(bind=engine) as s:
             yield s
@@ -364,5 +345,5 @@ def dashboard(
     url = _db_url(db)
     with _session(db):
         pass  # fail early, with a clear message, when there is no store
-    out.print(f"dashboard of {url} on http://{host}:{port}/", highlight=False)
+    out.print(f"dashboard of {mask_url(url)} on http://{host}:{port}/", highlight=False)
     uvicorn.run(create_app(url, token=token), host=host, port=port, log_level="warning")

@@ -32,11 +32,38 @@ class RunConfig(_Strict):
     output_dir: Path = Field(Path("runs/quickstart"), description="Checkpoints are written here.")
 
 
+SUPPORTED_DB_BACKENDS = ("sqlite", "postgresql")
+
+
 class StoreConfig(_Strict):
     url: str | None = Field(
         None,
         description="SQLAlchemy URL; default sqlite:///<output_dir>/selfplay.db. Env: SELFPLAY_DB_URL.",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _supported_url(cls, url: str | None) -> str | None:
+        # Parsed only: no connection is made and no driver is imported.
+        if url is None:
+            return url
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise ValueError(
+                "not a database URL (expected e.g. sqlite:///path/selfplay.db "
+                "or postgresql+psycopg://user@host/db)"
+            ) from None
+        backend = parsed.get_backend_name()
+        if backend not in SUPPORTED_DB_BACKENDS:
+            raise ValueError(
+                f"unsupported database {backend!r} in {parsed.render_as_string(hide_password=True)}"
+                f" (supported: {', '.join(SUPPORTED_DB_BACKENDS)})"
+            )
+        return url
 
 
 class TaskConfig(_Strict):
@@ -577,9 +604,20 @@ class SelfplayConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: object) -> object:
-        if isinstance(data, dict) and data.get("algorithm") in ALGORITHM_PRESETS:
-            data = _merge_defaults(data, ALGORITHM_PRESETS[data["algorithm"]])
+        if isinstance(data, dict):
+            name = data.get("algorithm")
+            # A non-string (e.g. a mapping) is rejected by `_algorithm_is_a_name`.
+            if isinstance(name, str) and name in ALGORITHM_PRESETS:
+                data = _merge_defaults(data, ALGORITHM_PRESETS[name])
         return data
+
+    @field_validator("algorithm", mode="before")
+    @classmethod
+    def _algorithm_is_a_name(cls, value: object) -> object:
+        if value is not None and not isinstance(value, str):
+            kind = {dict: "a mapping", list: "a list"}.get(type(value), type(value).__name__)
+            raise ValueError(f"expected a preset name (string), got {kind}")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> SelfplayConfig:
@@ -736,4 +774,6 @@ def load_config(path: Path | str) -> SelfplayConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"invalid YAML in {path}: {err}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config file is empty")
     return parse_config(data, str(path))

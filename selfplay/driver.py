@@ -23,6 +23,7 @@ from db.models import EXTERNAL_CHECKPOINT_PREFIX, Checkpoint, Round, RoundStatus
 from selfplay.config import ConfigError, ExecutorConfig, SelfplayConfig
 from selfplay.executor import Executor, make_executor
 from selfplay.progress import Reporter, SilentReporter, format_accuracy
+from selfplay.redact import mask_config
 from selfplay.sft import prepare_policy
 from selfplay.stages import Context, evaluate_checkpoint, make_context
 
@@ -43,8 +44,10 @@ def _comparable(config: dict) -> dict:
 
 
 def ensure_run(sessions: sessionmaker[Session], cfg: SelfplayConfig) -> int:
-    """Create the run row, or check that an existing one was started with the same config."""
-    resolved = cfg.model_dump(mode="json")
+    """Create the run row, or check that an existing one was started with the same config.
+    The stored config has its store and broker passwords masked (they are resumable fields,
+    so a resume compares equal whatever they were)."""
+    resolved = mask_config(cfg.model_dump(mode="json"))
     with transaction(sessions) as s:
         queries.insert_ignore(s, Run, [dict(name=cfg.run.name, config=resolved)])
         run = queries.get_run(s, cfg.run.name)

@@ -18,6 +18,7 @@ from db.engine import make_engine, session_factory, transaction
 from db.models import Metric, Round, Run
 from selfplay.config import ExecutorConfig, SelfplayConfig
 from selfplay.progress import SilentReporter
+from selfplay.redact import mask_url
 from selfplay.stages import (
     Context,
     evaluate_round,
@@ -42,7 +43,7 @@ def worker_context(db_url: str, run_id: int) -> Context:
         with sessions() as s:
             run = s.get(Run, run_id)
             if run is None:
-                raise LookupError(f"run id {run_id} does not exist in {db_url}")
+                raise LookupError(f"run id {run_id} does not exist in {mask_url(db_url)}")
             cfg = SelfplayConfig.model_validate(run.config)
         _contexts[key] = make_context(cfg, sessions, run_id, SilentReporter())
     return _contexts[key]

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from db import inspect as q
 from db.engine import make_engine
 from selfplay.dashboard.svg import line_chart
+from selfplay.redact import mask_url
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 MAX_ID = 2**63 - 1  # a bigger integer would overflow the database's INTEGER
@@ -51,7 +52,7 @@ def create_app(db_url: str, token: str | None = None) -> FastAPI:
 
     def page(request: Request, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(
-            request, template, {"db_url": _redact(db_url), **ctx}, status_code=status
+            request, template, {"db_url": mask_url(db_url), **ctx}, status_code=status
         )
 
     def error(request: Request, status: int, message: str) -> HTMLResponse:
@@ -254,9 +255,3 @@ def _run_plots(stats: list[q.RoundStats], initial: float | None) -> list[Any]:
     if meta:
         plots.append(line_chart("judge meta-evaluation", xs, meta))
     return plots
-
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

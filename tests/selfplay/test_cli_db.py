@@ -153,14 +153,16 @@ def test_bad_input_is_a_clear_error_without_traceback(seeded_url, tmp_path):
         (("db", "stats", "--db", seeded_url, "--run", "nope"), "no run named 'nope'"),
         (("db", "export", str(tmp_path / "x"), "--db", seeded_url, "--format", "csv"), "--format"),
         (("db", "pairs", "--db", f"sqlite:///{tmp_path / 'none.db'}"), "no selfplay store"),
-        (("db", "pairs", "--db", "notaurl"), "cannot open store"),
     ]
     for args, message in cases:
         result = invoke(*args)
         assert result.exit_code == 1, (args, result.output)
         assert message in result.output, (args, result.output)
         assert result.exception is None or isinstance(result.exception, SystemExit), args
-    # Out-of-range ids and indexes are usage errors (exit 2), before any query.
+    # A URL that names no database is a usage error on --db (exit 2), as are out-of-range ids
+    # and indexes, before any query.
+    result = invoke("db", "pairs", "--db", "notaurl")
+    assert result.exit_code == 2 and "--db: cannot open store notaurl" in result.output
     for args in [
         ("db", "show", "99999999999999999999", "--db", seeded_url),
         ("db", "pairs", "--db", seeded_url, "--after", "99999999999999999999"),

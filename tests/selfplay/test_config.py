@@ -74,3 +74,49 @@ def test_environment_overrides_urls(monkeypatch, tmp_path):
     monkeypatch.delenv("SELFPLAY_DB_URL")
     cfg = parse_config({"run": {"output_dir": str(tmp_path)}})
     assert cfg.db_url == f"sqlite:///{tmp_path / 'selfplay.db'}"
+
+
+def test_algorithm_must_be_a_preset_name():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"algorithm": {"name": "rdpo", "epsilon": 0.5}}, "x.yaml")
+    text = str(err.value)
+    assert (
+        "x.yaml" in text and "  algorithm: expected a preset name (string), got a mapping" in text
+    )
+
+
+@pytest.mark.parametrize(
+    "url,message",
+    [
+        ("notadb://x", "unsupported database 'notadb'"),
+        ("mysql://u:hunter2@h/db", "unsupported database 'mysql'"),
+        ("not a url", "not a database URL"),
+    ],
+)
+def test_store_url_is_validated_at_load(url, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"store": {"url": url}}, "x.yaml")
+    text = str(err.value)
+    assert "  store.url:" in text and message in text
+    assert "hunter2" not in text
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///x.db", "sqlite+pysqlite:///:memory:", "postgresql+psycopg://u:p@h/db"]
+)
+def test_supported_store_urls_load(url):
+    assert parse_config({"store": {"url": url}}).store.url == url
+
+
+def test_bad_store_url_from_environment(monkeypatch):
+    monkeypatch.setenv("SELFPLAY_DB_URL", "notadb://x")
+    with pytest.raises(ConfigError, match="store.url: unsupported database"):
+        parse_config({})
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# only a comment\n"])
+def test_empty_config_file(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"empty\.yaml: the config file is empty"):
+        load_config(path)
