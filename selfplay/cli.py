@@ -76,9 +76,7 @@ def open_store(db: str | None) -> Engine:
         has_store = inspect(engine).has_table("runs")
     except OperationalError as e:
         engine.dispose()
-        raise _fail(
-            mask_text(f"cannot open store {shown}: {_first_line(e)}", url), 1
-        ) from None
+        raise _fail(mask_text(f"cannot open store {shown}: {_first_line(e)}", url), 1) from None
     if not has_store:
         engine.dispose()
         raise _fail(f"no selfplay store at {shown} (run `selfplay run` first)", 1)
