@@ -42,3 +42,7 @@ class GenerationBackend(Protocol):
     def load(self, checkpoint_dir: str) -> None:
         """Load weights from a Hugging Face checkpoint directory (no-op if already loaded)."""
         ...
+
+    def close(self) -> None:
+        """Shut down what the backend runs besides this process (an engine core, a server)."""
+        ...

@@ -29,6 +29,9 @@ class HFBackend:
         self._stop_ids: torch.Tensor | None = None
         self._pad_id = 0
 
+    def close(self) -> None:
+        """Nothing to shut down: the model lives in this process."""
+
     def load(self, checkpoint_dir: str) -> None:
         """Load model (float32, eval mode) and tokenizer; a no-op if this directory is loaded."""
         path = os.path.realpath(os.path.expanduser(str(checkpoint_dir)))
