@@ -8,13 +8,18 @@ never touches torch's global RNG and the same call with the same seed returns th
 
 from __future__ import annotations
 
-import os
-
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from selfplay.generation.base import Sample, SamplingParams
+from selfplay.generation.base import (
+    Sample,
+    SamplingParams,
+    check_greedy,
+    encode_prompts,
+    resolve_dir,
+    stop_ids,
+)
 
 
 class HFBackend:
@@ -34,7 +39,7 @@ class HFBackend:
 
     def load(self, checkpoint_dir: str) -> None:
         """Load model (float32, eval mode) and tokenizer; a no-op if this directory is loaded."""
-        path = os.path.realpath(os.path.expanduser(str(checkpoint_dir)))
+        path = resolve_dir(checkpoint_dir)
         if path == self.checkpoint_dir:
             return
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -52,17 +57,12 @@ class HFBackend:
         The caller keeps the model in eval mode while generating. `checkpoint_dir`, when given,
         names where it came from so that a later `load` of that directory is a no-op.
         """
-        stop = model.generation_config.eos_token_id
-        stop_ids = set(stop if isinstance(stop, list) else [stop] if stop is not None else [])
-        if tokenizer.eos_token_id is not None:
-            stop_ids.add(tokenizer.eos_token_id)
-        if not stop_ids:
-            raise ValueError(f"{checkpoint_dir or 'model'}: no EOS token in tokenizer or model")
+        stops = stop_ids(tokenizer, model.generation_config.eos_token_id, checkpoint_dir or "model")
         self.model, self.tokenizer, self.checkpoint_dir = model, tokenizer, checkpoint_dir
-        self._stop_ids = torch.tensor(sorted(stop_ids), device=self.device)
+        self._stop_ids = torch.tensor(sorted(stops), device=self.device)
         pad = tokenizer.pad_token_id
         # Padding is masked out, so any id will do when the tokenizer has no pad token.
-        self._pad_id = pad if pad is not None else min(stop_ids)
+        self._pad_id = pad if pad is not None else min(stops)
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
         """Return, per prompt, `params.n` samples; deterministic for a fixed seed and prompt list.
@@ -72,8 +72,7 @@ class HFBackend:
         """
         if self.model is None:
             raise RuntimeError("HFBackend.generate called before load()")
-        if params.temperature == 0 and params.n != 1:
-            raise ValueError("greedy decoding (temperature 0) needs n == 1")
+        check_greedy(params)
         gen = torch.Generator(device=self.device).manual_seed(params.seed)
         out: list[list[Sample]] = []
         for start in range(0, len(prompts), self.prompts_per_batch):
@@ -88,13 +87,11 @@ class HFBackend:
     ) -> list[list[Sample]]:
         assert self.model is not None and self.tokenizer is not None and self._stop_ids is not None
         n, max_new = params.n, params.max_new_tokens
-        encoded = self.tokenizer(prompts)["input_ids"]
+        encoded = encode_prompts(self.tokenizer, prompts)
         width = max(len(ids) for ids in encoded)
         input_ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, ids in enumerate(encoded):  # left padding, whatever the tokenizer's padding_side
-            if not ids:
-                raise ValueError(f"prompt {prompts[row]!r} encodes to no tokens")
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             mask[row, width - len(ids) :] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)

@@ -1,10 +1,12 @@
 """The `openai` backend: any OpenAI-compatible server (vllm serve, SGLang's server, hosted APIs).
 
 One request per prompt asks for its K samples with `n` and the sampled tokens' log-probs
-(`logprobs: 0`); requests run concurrently under `max_concurrency`, and 429, 5xx, timeouts and
-lost connections are retried with exponential backoff (honouring Retry-After). Token ids come
-from the server when it returns them (vLLM's `return_token_ids`); otherwise they are the
-checkpoint tokenizer's encoding of the text (plus EOS when the server stopped on it).
+(`logprobs: 0`); requests run concurrently under `max_concurrency`, and 408, 409, 429, 5xx,
+timeouts and lost connections are retried up to `max_retries` times under selfplay's one
+policy (selfplay/http_retry.py: full-jitter backoff from 0.5 s, or the server's Retry-After;
+each wait at most 30 s). Token ids come from the server when it returns them (vLLM's
+`return_token_ids`); otherwise they are the checkpoint tokenizer's encoding of the text (plus
+EOS when the server stopped on it).
 
 Weights: with `url` unset, selfplay starts the server itself (`server_command`, a vLLM OpenAI
 server by default) on each checkpoint it is asked to load, stopping the previous one: every
@@ -32,14 +34,18 @@ from transformers import AutoTokenizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from selfplay.config import OpenAIConfig
-from selfplay.generation.base import Sample, SamplingParams
-from selfplay.generation.vllm import import_engine, resolve_dir
+from selfplay.generation.base import (
+    Sample,
+    SamplingParams,
+    check_greedy,
+    import_engine,
+    resolve_dir,
+)
+from selfplay.http_retry import Failure, RetryPolicy, with_retries
 
 logger = logging.getLogger(__name__)
 
 SERVER_START_TIMEOUT_S = 600.0
-RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
-MAX_BACKOFF_S = 30.0
 
 
 class ServerError(RuntimeError):
@@ -58,6 +64,8 @@ class OpenAIBackend:
         self.server: subprocess.Popen | None = None
         self._server_log: Path | None = None
         self.last_load: tuple[str, float] | None = None  # ("start" | "reload" | "keep", seconds)
+        self._retry = RetryPolicy(self.cfg.max_retries)
+        self._rng = random.Random()
 
     # -- weights ---------------------------------------------------------------------------
 
@@ -172,8 +180,7 @@ class OpenAIBackend:
         """Return, per prompt, `params.n` samples; prompt i is seeded `seed + i·n`."""
         if self.checkpoint_dir is None or self.base_url is None:
             raise RuntimeError("OpenAIBackend.generate called before load()")
-        if params.temperature == 0 and params.n != 1:
-            raise ValueError("greedy decoding (temperature 0) needs n == 1")
+        check_greedy(params)
         if not prompts:
             return []
         return asyncio.run(self._generate_all(prompts, params))
@@ -211,30 +218,31 @@ class OpenAIBackend:
         return body
 
     async def _post(self, client: Any, body: dict[str, Any]) -> dict[str, Any]:
-        import httpx
-
+        """The JSON answer to one request, retried (see the module docstring); a final
+        failure is a ServerError."""
+        httpx = import_engine("httpx", "openai")
         path = "/chat/completions" if self.cfg.endpoint == "chat" else "/completions"
-        for attempt in range(self.cfg.max_retries + 1):
-            wait = min(MAX_BACKOFF_S, 0.5 * 2**attempt) * (0.5 + random.random())
+
+        async def attempt() -> dict[str, Any] | Failure:
             try:
                 r = await client.post(path, json=body)
             except (httpx.TimeoutException, httpx.TransportError) as err:
-                problem = repr(err)
-            else:
-                if r.status_code == 200:
-                    return r.json()
-                problem = f"HTTP {r.status_code}: {r.text[:500]}"
-                if r.status_code not in RETRY_STATUSES:
-                    raise ServerError(f"{self.base_url}{path}: {problem}")
-                retry_after = r.headers.get("retry-after")
-                if retry_after and retry_after.replace(".", "", 1).isdigit():
-                    wait = min(MAX_BACKOFF_S, float(retry_after))
-            if attempt == self.cfg.max_retries:
-                break
-            logger.warning("%s%s: %s; retry in %.1fs", self.base_url, path, problem, wait)
-            await asyncio.sleep(wait)
+                return Failure.transport(repr(err))
+            if r.status_code == 200:
+                return r.json()
+            return Failure.status(r.status_code, f"HTTP {r.status_code}: {r.text[:500]}", r.headers)
+
+        where = f"{self.base_url}{path}"
+        outcome = await with_retries(
+            attempt, self._retry, self._rng, what=where, log_level=logging.WARNING
+        )
+        if outcome.failure is None:
+            assert outcome.value is not None
+            return outcome.value
+        if not outcome.failure.retryable:
+            raise ServerError(f"{where}: {outcome.failure.reason}")
         raise ServerError(
-            f"{self.base_url}{path}: {problem} (gave up after {self.cfg.max_retries} retries)"
+            f"{where}: {outcome.failure.reason} (gave up after {self.cfg.max_retries} retries)"
         )
 
     def _samples(self, data: dict[str, Any], n: int) -> list[Sample]:

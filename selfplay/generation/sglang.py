@@ -18,12 +18,14 @@ from transformers import AutoTokenizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from selfplay.config import EngineConfig
-from selfplay.generation.base import Sample, SamplingParams
-from selfplay.generation.vllm import (
+from selfplay.generation.base import (
+    Sample,
+    SamplingParams,
+    check_greedy,
+    checkpoint_stop_ids,
     encode_prompts,
     import_engine,
     resolve_dir,
-    stop_ids,
 )
 
 
@@ -78,7 +80,7 @@ class SGLangBackend:
             )
             kind = "build"
         self.tokenizer, self.checkpoint_dir, self._signature = tokenizer, path, signature
-        self._stop_ids = stop_ids(tokenizer, path)
+        self._stop_ids = checkpoint_stop_ids(tokenizer, path)
         self.last_load = (kind, time.perf_counter() - start)
 
     def close(self) -> None:
@@ -92,8 +94,7 @@ class SGLangBackend:
         """Return, per prompt, `params.n` samples (SGLang expands `n` itself)."""
         if self.engine is None or self.tokenizer is None:
             raise RuntimeError("SGLangBackend.generate called before load()")
-        if params.temperature == 0 and params.n != 1:
-            raise ValueError("greedy decoding (temperature 0) needs n == 1")
+        check_greedy(params)
         if not prompts:
             return []
         sampling = {

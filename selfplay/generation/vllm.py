@@ -15,60 +15,25 @@ backend needs the `if __name__ == "__main__":` guard.
 from __future__ import annotations
 
 import gc
-import os
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from transformers import AutoTokenizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from selfplay.config import EngineConfig
-from selfplay.generation.base import Sample, SamplingParams
+from selfplay.generation.base import (
+    Sample,
+    SamplingParams,
+    check_greedy,
+    checkpoint_stop_ids,
+    encode_prompts,
+    import_engine,
+    resolve_dir,
+)
 
 if TYPE_CHECKING:
     from vllm import LLM
-
-
-def import_engine(module: str, *extras: str) -> Any:
-    """Import an optional engine, or fail naming the extra(s) that install it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        options = " or ".join(f"pip install 'selfplay[{extra}]'" for extra in extras)
-        raise ImportError(
-            f"generation backend needs the `{module}` package: {options} ({err})"
-        ) from err
-
-
-def resolve_dir(checkpoint_dir: str) -> str:
-    """The absolute, symlink-free form of a checkpoint directory (the backends' cache key)."""
-    return os.path.realpath(os.path.expanduser(str(checkpoint_dir)))
-
-
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
-    """Prompt token ids as the `hf` backend encodes them; an empty encoding is an error."""
-    encoded = tokenizer(prompts)["input_ids"]
-    for prompt, ids in zip(prompts, encoded, strict=True):
-        if not ids:
-            raise ValueError(f"prompt {prompt!r} encodes to no tokens")
-    return encoded
-
-
-def stop_ids(tokenizer: PreTrainedTokenizerBase, checkpoint_dir: str) -> set[int]:
-    """The ids that end a response: the tokenizer's EOS and the model's generation EOS."""
-    from transformers import GenerationConfig
-
-    ids = {tokenizer.eos_token_id} - {None}
-    try:
-        eos = GenerationConfig.from_pretrained(checkpoint_dir).eos_token_id
-    except OSError:
-        eos = None
-    ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if not ids:
-        raise ValueError(f"{checkpoint_dir}: no EOS token in tokenizer or model")
-    return ids
 
 
 class VLLMBackend:
@@ -89,7 +54,7 @@ class VLLMBackend:
             return
         start = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(path)
-        stops = stop_ids(tokenizer, path)
+        stops = checkpoint_stop_ids(tokenizer, path)
         self.close()
         self.llm = self._build(path)
         self.tokenizer, self.checkpoint_dir, self._stop_ids = tokenizer, path, stops
@@ -122,8 +87,7 @@ class VLLMBackend:
         """
         if self.llm is None or self.tokenizer is None:
             raise RuntimeError("VLLMBackend.generate called before load()")
-        if params.temperature == 0 and params.n != 1:
-            raise ValueError("greedy decoding (temperature 0) needs n == 1")
+        check_greedy(params)
         if not prompts:
             return []
         from vllm import SamplingParams as VSamplingParams

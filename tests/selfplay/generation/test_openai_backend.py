@@ -1,9 +1,11 @@
 """The openai backend against a real vLLM OpenAI server (CPU) that the backend starts itself,
 and its retry policy against a local HTTP server that fails on purpose."""
 
+import email.utils
 import json
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -99,6 +101,7 @@ def test_a_new_checkpoint_restarts_the_managed_server(served, engine_checkpoint_
 class _Flaky(BaseHTTPRequestHandler):
     script: list[int] = []  # status codes to answer, in order; then 200
     seen: list[dict] = []
+    retry_after = "0"  # the Retry-After of a 429
 
     def log_message(self, *args):
         pass
@@ -109,7 +112,7 @@ class _Flaky(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         if status == 429:
-            self.send_header("Retry-After", "0")
+            self.send_header("Retry-After", type(self).retry_after)
         self.end_headers()
         self.wfile.write(data)
 
@@ -138,7 +141,7 @@ class _Flaky(BaseHTTPRequestHandler):
 def flaky(engine_checkpoint):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    _Flaky.script, _Flaky.seen = [], []
+    _Flaky.script, _Flaky.seen, _Flaky.retry_after = [], [], "0"
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     yield url
     server.shutdown()
@@ -173,6 +176,19 @@ def test_gives_up_after_max_retries_and_never_retries_a_400(flaky, engine_checkp
     with pytest.raises(ServerError, match="HTTP 400"):
         backend.generate(["Q:1+2="], SamplingParams())
     assert len(_Flaky.seen) == 1
+
+
+def test_a_retry_after_date_is_honoured(flaky, engine_checkpoint):
+    backend = OpenAIBackend(OpenAIConfig(url=flaky, max_retries=1))
+    backend.load(str(engine_checkpoint))
+    # An HTTP-date two seconds ahead (whole seconds: a wait of 1-2 s); backoff alone would be
+    # at most 0.5 s before the first retry.
+    _Flaky.script = [429]
+    _Flaky.retry_after = email.utils.formatdate(time.time() + 2, usegmt=True)
+    start = time.monotonic()
+    (samples,) = backend.generate(["Q:1+2="], SamplingParams())
+    assert len(_Flaky.seen) == 2 and samples[0].text == "A:3"
+    assert time.monotonic() - start > 1.0
 
 
 def test_generate_before_load_is_an_error():

@@ -5,10 +5,8 @@ tokens and cost, and the loop end to end."""
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import math
 import os
-import random
 import re
 
 import pytest
@@ -19,14 +17,7 @@ from db.engine import session_factory
 from db.models import JudgeCacheEntry
 from selfplay.config import ApiJudgeConfig, ConfigError, JudgeConfig
 from selfplay.judges import JudgeEnv, JudgeItem, PairItem, make_judge, symmetric_compare
-from selfplay.judges.api import (
-    ApiJudge,
-    backoff_s,
-    parse_preference,
-    parse_score,
-    request_key,
-    retry_after_s,
-)
+from selfplay.judges.api import ApiJudge, parse_preference, parse_score, request_key
 from selfplay.tasks.arithmetic import ArithmeticTask
 from selfplay.tasks.base import Prompt
 from tests.fake_openai_server import reset, serve, stats
@@ -67,7 +58,7 @@ def judges():
         judge.close()
 
 
-# -- parsing, backoff, keys: pure functions -----------------------------------------------
+# -- parsing, keys: pure functions -----------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -110,23 +101,6 @@ def test_parse_score(text, scale, expected):
 )
 def test_parse_preference(text, expected):
     assert parse_preference(text) == (None if expected is None else pytest.approx(expected))
-
-
-def test_retry_after_seconds_date_and_ms():
-    now = 1_800_000_000.0
-    assert retry_after_s({"retry-after": "3"}) == 3.0
-    assert retry_after_s({"retry-after": email.utils.formatdate(now + 5, usegmt=True)}, now) == 5.0
-    assert retry_after_s({"retry-after": email.utils.formatdate(now - 5, usegmt=True)}, now) == 0.0
-    assert retry_after_s({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
-    assert retry_after_s({"retry-after": "soon"}) is None
-    assert retry_after_s({}) is None
-
-
-def test_backoff_is_full_jitter_under_the_cap():
-    rng = random.Random(0)
-    for attempt, bound in [(0, 0.5), (1, 1.0), (2, 2.0), (5, 3.0), (10, 3.0)]:
-        draws = [backoff_s(attempt, 0.5, 3.0, rng) for _ in range(2000)]
-        assert 0.0 <= min(draws) < 0.05 * bound and 0.95 * bound < max(draws) <= bound
 
 
 def test_request_key_covers_model_messages_and_parameters():
