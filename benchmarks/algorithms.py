@@ -28,7 +28,8 @@ from pathlib import Path
 
 import yaml
 
-from selfplay.config import ALGORITHM_PRESETS, parse_config
+from selfplay.algorithms import ALGORITHM_PRESETS
+from selfplay.config import parse_config
 from selfplay.driver import run_loop
 from selfplay.sft import prepare_policy
 from selfplay.tasks import make_task

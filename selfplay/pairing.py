@@ -1,7 +1,8 @@
 """Pair builders: pure functions from a round's scored responses to preference pairs.
 
-Every builder has the signature `(scored, params, seed) -> list[PairChoice]` and is registered
-by name in `PAIR_BUILDERS`. `scored` holds one row per successfully judged response (scores
+Every builder has the signature `(scored, params, seed) -> list[PairChoice]` and is mapped by
+name in `PAIR_BUILDERS`; what its pairs carry is in the torch-free registry
+`selfplay.algorithms.BUILDERS`. `scored` holds one row per successfully judged response (scores
 averaged over judge repeats); `params` carries every builder's knobs; `seed` makes tie-breaking
 deterministic. Builders never touch the store: stages.pair_round reads the table and writes the
 pairs. ALGORITHMS.md gives the math of each.

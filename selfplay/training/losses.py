@@ -1,10 +1,11 @@
 """Pure pair losses on summed response log-probs (ALGORITHMS.md, "Offline pair losses" and
 "Iterative and online objectives").
 
-Every loss has the same signature, `(PairLogps, LossParams) -> LossOutput`, and is registered by
-name in `LOSSES` together with what it needs (`LossSpec`): which checkpoint the `ref_*` log-probs
-come from, and whether it needs the previous-round policy's log-probs (INPO), win-probability
-targets (SPPO) or to know which response was sampled from the reference (XPO). A loss's
+Every loss has the same signature, `(PairLogps, LossParams) -> LossOutput`, and is mapped by
+name in `LOSS_FNS`; what it needs is in the torch-free registry `selfplay.algorithms.LOSSES`
+(`LossSpec`): which checkpoint the `ref_*` log-probs come from, and whether it needs the
+previous-round policy's log-probs (INPO), win-probability targets (SPPO) or to know which
+response was sampled from the reference (XPO). A loss's
 hyper-parameters are fields of `LossParams`: each loss reads only its own, so the trainer never
 branches on the loss name. No I/O, no devices, no config objects.
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +33,10 @@ class PairLogps:
 
     - `policy_*`: S_θ(y), the policy being trained (carry gradient).
     - `ref_*`: S_ref(y) of the loss's reference (no gradient): the fixed SFT model or the
-      round's starting policy π_t, as `LossSpec.reference` says.
+      round's starting policy π_t, as `selfplay.algorithms.LOSSES[name].reference` says.
     - `*_len`: response token counts |y| (EOS included).
-    - `prev_*`: S_t(y) of the round's starting policy π_t, only for losses with
-      `LossSpec.needs_prev` (INPO's third source).
+    - `prev_*`: S_t(y) of the round's starting policy π_t, only for losses that
+      need it (`LossSpec.needs_prev` in selfplay.algorithms: INPO's third source).
     - `*_target`: SPPO's estimated win probabilities P̂(y) ∈ [0, 1].
     - `chosen_is_ref_sample`: bool, XPO: True where the chosen response is the one sampled from
       the reference (ỹ), False where the rejected one is.
@@ -65,7 +65,7 @@ class LossParams:
     simpo_gamma_ratio: float = 0.5  # simpo: γ/β
     chipo_r: float = 10.0  # chipo: the margin is clipped to [−2R, 2R]
     inpo_eta: float = 0.005  # inpo η
-    inpo_tau: float = 0.005 / 3  # inpo τ (τ = 0: the paper's no-KL ablation)
+    inpo_tau: float | None = None  # inpo τ; None: η/3 (τ = 0: the paper's no-KL ablation)
     sppo_eta: float = 1000.0  # sppo η (β = 1/η)
     xpo_alpha: float = 1e-5  # xpo exploration bonus weight
 
@@ -178,8 +178,8 @@ def chipo_loss(b: PairLogps, p: LossParams) -> LossOutput:
 def dno_loss(b: PairLogps, p: LossParams) -> LossOutput:
     """DNO-Prct (2404.03715, Alg. 2): −log σ(η [ℓ_t(y⁺) − ℓ_t(y⁻)]), η = β.
 
-    Same form as DPO, but `ref_*` must hold the PREVIOUS ROUND's policy π_t (LossSpec says so,
-    and the trainer fills it accordingly): ℓ_t = S_θ − S_t.
+    Same form as DPO, but `ref_*` must hold the PREVIOUS ROUND's policy π_t (its LossSpec in
+    selfplay.algorithms says so, and the stages fill it accordingly): ℓ_t = S_θ − S_t.
     """
     return dpo_loss(b, p)
 
@@ -188,11 +188,13 @@ def inpo_loss(b: PairLogps, p: LossParams) -> LossOutput:
     """INPO (2407.00617): (h_t(y_w, y_l) − 1/(2η))² with three log-prob sources,
 
     h_t = [S_θ(y_w) − S_θ(y_l)] − (τ/η)[S_ref(y_w) − S_ref(y_l)] − ((η−τ)/η)[S_t(y_w) − S_t(y_l)],
-    `ref_*` the fixed reference (SFT) and `prev_*` the round's starting policy π_t.
+    `ref_*` the fixed reference (SFT) and `prev_*` the round's starting policy π_t; τ
+    defaults to η/3 (`LossParams.inpo_tau` None).
     """
     prev_w = _up(_require(b.prev_chosen, "inpo", "prev_chosen (π_t log-probs)"))
     prev_l = _up(_require(b.prev_rejected, "inpo", "prev_rejected (π_t log-probs)"))
-    eta, tau = p.inpo_eta, p.inpo_tau
+    eta = p.inpo_eta
+    tau = eta / 3 if p.inpo_tau is None else p.inpo_tau
     h = (
         (_up(b.policy_chosen) - _up(b.policy_rejected))
         - (tau / eta) * (_up(b.ref_chosen) - _up(b.ref_rejected))
@@ -241,32 +243,17 @@ def rft_loss(b: PairLogps, p: LossParams) -> LossOutput:
     return LossOutput(nll_term(b), *_rewards(b, p.beta))
 
 
-@dataclass(frozen=True)
-class LossSpec:
-    """A loss and the log-prob sources it needs.
-
-    `reference`: where `PairLogps.ref_*` come from: "config" (training.reference decides),
-    "previous" (the round's starting policy π_t) or "sft" (the fixed initial model); None for
-    losses that use no reference (simpo, rft).
-    """
-
-    fn: LossFn
-    reference: Literal["config", "previous", "sft"] | None = "config"
-    needs_prev: bool = False
-    needs_targets: bool = False
-    needs_ref_sample: bool = False
-
-
-LOSSES: dict[str, LossSpec] = {
-    "dpo": LossSpec(dpo_loss),
-    "cdpo": LossSpec(cdpo_loss),
-    "rdpo": LossSpec(rdpo_loss),
-    "ipo": LossSpec(ipo_loss),
-    "simpo": LossSpec(simpo_loss, reference=None),
-    "chipo": LossSpec(chipo_loss),
-    "dno": LossSpec(dno_loss, reference="previous"),
-    "inpo": LossSpec(inpo_loss, reference="sft", needs_prev=True),
-    "sppo": LossSpec(sppo_loss, reference="previous", needs_targets=True),
-    "xpo": LossSpec(xpo_loss, reference="sft", needs_ref_sample=True),
-    "rft": LossSpec(rft_loss, reference=None),
+LOSS_FNS: dict[str, LossFn] = {
+    "dpo": dpo_loss,
+    "cdpo": cdpo_loss,
+    "rdpo": rdpo_loss,
+    "ipo": ipo_loss,
+    "simpo": simpo_loss,
+    "chipo": chipo_loss,
+    "dno": dno_loss,
+    "inpo": inpo_loss,
+    "sppo": sppo_loss,
+    "xpo": xpo_loss,
+    "rft": rft_loss,
 }
+"""Each loss of the registry (selfplay.algorithms.LOSSES, which says what it needs) by name."""

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from selfplay.config import TrainingConfig
+from selfplay.training.config import TrainingConfig
 from selfplay.training.logprobs import (
     build_batch,
     build_prompt_groups,
@@ -20,7 +20,7 @@ from selfplay.training.logprobs import (
     sequence_logprobs,
     takes_custom_masks,
 )
-from selfplay.training.losses import LOSSES, LossFn, LossParams, PairLogps, nll_term
+from selfplay.training.losses import LOSS_FNS, LossFn, LossParams, PairLogps, nll_term
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def loss_params(cfg: TrainingConfig) -> LossParams:
         simpo_gamma_ratio=cfg.simpo_gamma_ratio,
         chipo_r=cfg.chipo_r if cfg.chipo_r is not None else LossParams.chipo_r,
         inpo_eta=cfg.inpo_eta,
-        inpo_tau=cfg.inpo_tau if cfg.inpo_tau is not None else cfg.inpo_eta / 3,
+        inpo_tau=cfg.inpo_tau,
         sppo_eta=cfg.sppo_eta,
         xpo_alpha=cfg.xpo_alpha,
     )
@@ -318,7 +318,7 @@ def _train(
     autocast: bool,
     masters: _MasterWeights | None,
 ) -> dict[str, float]:
-    loss_fn = LOSSES[cfg.loss].fn
+    loss_fn = LOSS_FNS[cfg.loss]
     params = loss_params(cfg)
     if masters is not None:
         trainable = masters.trainable

@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 from db import queries
 from db.engine import make_engine, session_factory
 from db.models import Checkpoint, Judgment, Pair, Response, ResponseLogprob, Round
-from selfplay.config import ALGORITHM_PRESETS, parse_config
+from selfplay.algorithms import ALGORITHM_PRESETS
+from selfplay.config import parse_config
 from selfplay.driver import run_loop
 
 pytestmark = pytest.mark.heavy

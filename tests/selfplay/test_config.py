@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,20 @@ def test_every_shipped_config_loads(path):
         ({"training": {"beta": -1.0}}, "training.beta", "greater than 0"),
         ({"training": {"bta": 0.1}}, "training.bta", "unknown key"),
         ({"trainig": {}}, "trainig", "unknown key"),
-        ({"training": {"loss": "dpoo"}}, "training.loss", "'xpo' or 'rft'"),
+        ({"training": {"loss": "dpoo"}}, "training.loss", "unknown loss 'dpoo'; known: dpo,"),
+        ({"pairing": {"builder": "maxmin"}}, "pairing.builder", "unknown pair builder 'maxmin'"),
+        ({"algorithm": "dpoo"}, "algorithm", "unknown algorithm 'dpoo'; known: dpo, dpo+nll,"),
+        ({"training": {"loss": "inpo"}}, "training", "must be 'sft' for loss inpo"),
+        (
+            {"training": {"loss": "sppo"}},
+            "(root)",
+            "loss sppo needs win-probability targets: use pairing.builder 'sppo'",
+        ),
+        (
+            {"algorithm": "xpo", "generation": {"reference_samples": 0}},
+            "(root)",
+            "generation.reference_samples must be >= 1 for the xpo builder",
+        ),
         (
             {"generation": {"samples_per_prompt": "many"}},
             "generation.samples_per_prompt",
@@ -120,3 +136,29 @@ def test_empty_config_file(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ConfigError, match=r"empty\.yaml: the config file is empty"):
         load_config(path)
+
+
+HEAVY = ("openai", "aiohttp", "torch", "transformers", "vllm", "sglang", "selfplay.judges")
+HEAVY_PACKAGES = tuple(f"{name}." for name in HEAVY)
+
+
+def test_loading_a_config_imports_no_judge_engine_or_torch(tmp_path):
+    api = {"name": "api", "api": {"model": "judge-model"}}
+    reward_model = {"name": "reward_model", "reward_model": {"path": "some/model"}}
+    path = tmp_path / "api.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "judge": {"name": "ensemble", "ensemble": {"members": [api, reward_model]}},
+                "generation": {"backend": "vllm"},
+                "algorithm": "xpo",
+            }
+        )
+    )
+    code = (
+        "import json, sys; from selfplay.config import load_config; "
+        f"load_config({str(path)!r}); print(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    heavy = [m for m in json.loads(out.stdout) if m in HEAVY or m.startswith(HEAVY_PACKAGES)]
+    assert heavy == []

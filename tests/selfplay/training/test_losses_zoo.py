@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
+from selfplay.algorithms import LOSSES
 from selfplay.training.losses import (
     CHIPO_EXP_CLAMP,
-    LOSSES,
+    LOSS_FNS,
     LossParams,
     PairLogps,
     cdpo_loss,
@@ -112,6 +113,7 @@ def test_inpo_three_sources():
     # 1/(2η) = 100 ; loss = (0.6 − 100)² = 9880.36
     b = shared(prev_chosen=one(-1.2), prev_rejected=one(-1.8))
     close(inpo_loss(b, LossParams(inpo_eta=0.005, inpo_tau=0.005 / 3)).losses, 9880.36)
+    close(inpo_loss(b, LossParams(inpo_eta=0.005)).losses, 9880.36)  # τ defaults to η/3
     # τ = 0 (no-KL ablation): h = 1 − 0.6 = 0.4 ; (0.4 − 100)² = 9920.16
     close(inpo_loss(b, LossParams(inpo_eta=0.005, inpo_tau=0.0)).losses, 9920.16)
     with pytest.raises(ValueError, match="prev_chosen"):
@@ -159,6 +161,6 @@ def test_gradcheck(name: str):
     def f(pc, pr, rc, rr, *extra):
         fields = dict(zip(extra_names, [e + 0.5 for e in extra], strict=True))
         b = PairLogps(pc, pr, rc, rr, lens, lens, chosen_is_ref_sample=flag, **fields)
-        return LOSSES[name].fn(b, params).losses
+        return LOSS_FNS[name](b, params).losses
 
     assert gradcheck(f, inputs)
