@@ -1,8 +1,10 @@
 """Judges by name: built-ins, the entry-point group `selfplay.judges`, or `module:attr`.
 
 A judge factory is any callable `(JudgeConfig, JudgeEnv) -> Judge` (a judge class whose
-constructor takes those two arguments is one). `resolve_factory` finds it; the config
-validates the name with it when it loads, so a typo fails before the run starts.
+constructor takes those two arguments is one). `resolve_factory` imports it; the config
+validates the name without importing anything (selfplay.judge_names) when it loads, so a typo
+fails before the run starts, and `make_judge` reports what only the import can tell (a missing
+attribute, a plug-in that does not load) as a ConfigError on `judge.name`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import replace
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
+from selfplay.judge_names import BUILTIN_JUDGES, ENTRY_POINT_GROUP, available_judges
 from selfplay.judges.base import (
     Comparison,
     Judge,
@@ -30,18 +33,6 @@ from selfplay.judges.base import (
 
 if TYPE_CHECKING:
     from selfplay.config import JudgeConfig
-
-ENTRY_POINT_GROUP = "selfplay.judges"
-
-# Built-in judges, imported only when used (their dependencies are optional extras).
-BUILTIN_JUDGES: dict[str, str] = {
-    "verifier": "selfplay.judges.verifier:VerifierJudge",
-    "tool": "selfplay.judges.tool:ToolJudge",
-    "api": "selfplay.judges.api:ApiJudge",
-    "self": "selfplay.judges.self_judge:SelfJudge",
-    "reward_model": "selfplay.judges.reward_model:RewardModelJudge",
-    "ensemble": "selfplay.judges.ensemble:EnsembleJudge",
-}
 
 
 class JudgeNotFound(LookupError):
@@ -64,14 +55,6 @@ def _import_attr(spec: str) -> JudgeFactory:
     if not callable(obj):
         raise JudgeNotFound(f"judge {spec!r} is not callable (expected a factory or a class)")
     return obj
-
-
-def available_judges() -> dict[str, str]:
-    """Every judge name this installation knows: built-ins and entry points → their target."""
-    names = dict(BUILTIN_JUDGES)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        names.setdefault(ep.name, ep.value)
-    return names
 
 
 def resolve_factory(name: str) -> JudgeFactory:
@@ -130,11 +113,15 @@ class NoisyJudge:
 
 
 def make_judge(cfg: JudgeConfig, env: JudgeEnv) -> Judge:
-    """Build the configured judge (wrapped in label noise if cfg.flip_rate > 0). A factory
-    that raises is a ConfigError naming `judge.name` (the CLI's exit 2), not a traceback."""
+    """Build the configured judge (wrapped in label noise if cfg.flip_rate > 0). A name whose
+    factory cannot be imported, and a factory that raises, are ConfigErrors naming `judge.name`
+    (the CLI's exit 2), not a traceback."""
     from selfplay.config import ConfigError
 
-    factory = resolve_factory(cfg.name)
+    try:
+        factory = resolve_factory(cfg.name)
+    except JudgeNotFound as err:
+        raise ConfigError(f"judge.name: {err}") from err
     try:
         judge = factory(cfg, env)
     except ConfigError:
