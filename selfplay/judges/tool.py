@@ -25,8 +25,8 @@ from typing import Any
 
 from selfplay.config import JudgeConfig, ToolJudgeConfig
 from selfplay.judges.base import JudgeEnv, JudgeItem, Verdict
-from selfplay.judges.sandbox import Limits, run_python
-from selfplay.tasks.code import UnitTestedTask, extract_code, run_unit_tests
+from selfplay.sandbox import Limits, extract_code, run_python, run_unit_tests
+from selfplay.tasks.base import UnitTestedTask
 
 # `Q:66+24=`: integers, + - * / % and parentheses only.
 _ARITHMETIC_PROMPT = re.compile(r"\s*Q:\s*([0-9+\-*/%() ]+?)\s*=\s*$")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from selfplay.sandbox import FunctionTests
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,16 @@ class Task(Protocol):
 
     def reference_response(self, prompt: Prompt) -> str | None:
         """A correct response in the policy's output format (SFT target), or None if unknown."""
+        ...
+
+
+@runtime_checkable
+class UnitTestedTask(Protocol):
+    """A task whose prompts ask for a function that hidden unit tests check (the `tool` judge
+    runs them)."""
+
+    def unit_tests(self, prompt: Prompt) -> FunctionTests:
+        """The hidden tests of `prompt`; raises KeyError for a prompt the task does not know."""
         ...
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from selfplay.config import TaskConfig
 from selfplay.tasks import CodeTask, make_task
-from selfplay.tasks.code import TEST_INPUTS, extract_code
+from selfplay.tasks.code import TEST_INPUTS
 
 
 def test_prompts_are_deterministic_and_train_never_draws_from_heldout():
@@ -50,11 +50,3 @@ def test_every_reference_response_passes_its_tests_and_a_wrong_one_fails():
     ok, critique = task.verify(prompts[0], "def f(x): return 0")
     assert not ok and re.match(r"[0-7]/8 tests passed; ", critique)
     assert "failed: expected" in critique
-
-
-def test_extract_code_takes_a_fenced_block_or_the_bare_response():
-    assert (
-        extract_code("Here:\n```python\ndef f(x): return 1\n```\nDone.") == "def f(x): return 1\n"
-    )
-    assert extract_code("A: def f(x): return 2 ") == "def f(x): return 2"
-    assert extract_code("def f(x):\n    return 3\n") == "def f(x):\n    return 3"

@@ -1,6 +1,6 @@
 """The sandbox's launcher: runs in the child process, before the untrusted program.
 
-Started by `selfplay.judges.sandbox` as `python -I -S -B sandbox_launcher.py WORKDIR STATUS_FD
+Started by `selfplay.sandbox.supervisor` as `python -I -S -B launcher.py WORKDIR STATUS_FD
 WALL_S CPU_S MEMORY_MB PROCESSES FILE_MB OPEN_FILES` (stdlib only, and as few imports as it
 can: its start-up is part of every sandboxed run). It enters the namespaces
 the kernel allows, forks the program's process (the new PID namespace's pid 1), which makes
@@ -38,7 +38,7 @@ _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
 
 
 class _Limits:
-    """The limits the launcher applies, from its command line (units as in sandbox.Limits)."""
+    """The limits the launcher applies, from its command line (units as in `Limits`)."""
 
     def __init__(self, argv: list[str]) -> None:
         self.wall_timeout_s = float(argv[0])
@@ -55,7 +55,7 @@ def signal_name(num: int) -> str:
 
 
 def launch_argv(workdir: str, status_fd: int, limits: Any) -> list[str]:
-    """The launcher's command-line arguments for a sandbox.Limits."""
+    """The launcher's command-line arguments for a `Limits`."""
     numbers = (
         limits.wall_timeout_s,
         limits.cpu_time_s,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from selfplay.judges.sandbox import Limits, SandboxResult, run_python
+from selfplay.sandbox import Limits, SandboxResult, run_python
 
 TIGHT = Limits(
     wall_timeout_s=3.0,

@@ -1,8 +1,8 @@
-"""Run untrusted Python in a separate, contained process: the `tool` critic's sandbox.
+"""The sandbox's supervisor: runs untrusted Python in a separate, contained process.
 
 `run_python(code, limits)` writes the code to a fresh temporary directory and runs it with
 `python -I -S -B` in a new session, with an EMPTY environment, stdin from /dev/null and only
-fds 0-2 open. The child first runs `sandbox_launcher.py` (stdlib only), which applies what
+fds 0-2 open. The child first runs `launcher.py` (stdlib only), which applies what
 the kernel allows, then execs the interpreter on the code:
 
 - always: RLIMIT_CPU, RLIMIT_AS (memory), RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE = 0,
@@ -39,8 +39,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from selfplay.judges import sandbox_launcher
-from selfplay.judges.sandbox_launcher import PROGRAM, signal_name
+from selfplay.sandbox import launcher
+from selfplay.sandbox.launcher import PROGRAM, signal_name
 
 _MAX_READ_BACK_BYTES = 1 << 20
 # The supervisor's own deadline is the launcher's wall timeout plus this (interpreter start).
@@ -150,11 +150,11 @@ def _remove_tree(path: str) -> None:
 
 def _supervise(workdir: str, limits: Limits, read_back: tuple[str, ...]) -> SandboxResult:
     status_r, status_w = os.pipe()
-    argv = sandbox_launcher.launch_argv(workdir, status_w, limits)
+    argv = launcher.launch_argv(workdir, status_w, limits)
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-B", sandbox_launcher.__file__, *argv],
+            [sys.executable, "-I", "-S", "-B", launcher.__file__, *argv],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -302,7 +302,7 @@ def _read_status(fd: int) -> dict[str, Any]:
         pass
     finally:
         os.close(fd)
-    return sandbox_launcher.read_status(bytes(data))
+    return launcher.read_status(bytes(data))
 
 
 def _read_back(workdir: str, names: tuple[str, ...]) -> dict[str, str]:
