@@ -29,14 +29,15 @@ import redis
 import yaml
 from sqlalchemy import create_engine, text
 
-from db import queries
 from db.engine import make_engine, session_factory
+from db.queries import get_run
+from db.summaries import round_summaries
 
 
 def round_wall_time(url: str, run: str) -> float:
     engine = make_engine(url)
     with session_factory(engine)() as s:
-        (summary,) = queries.round_summaries(s, queries.get_run(s, run).id, 0)
+        (summary,) = round_summaries(s, get_run(s, run).id, 0)
     engine.dispose()
     assert summary.status == "done", summary
     return summary.wall_time_s

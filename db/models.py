@@ -192,9 +192,9 @@ class Pair(Base):
 
 
 class RoundSummaryRecord(Base):
-    """A done round's aggregates (`db.inspect.RoundStats`), stored when the round finishes so that
-    reading them costs one row instead of a pass over the round's pairs, responses and judgments.
-    Status, held-out accuracy and wall time stay on the round's own row."""
+    """A done round's aggregates (`db.summaries.RoundSummary`), stored when the round finishes so
+    that reading them costs one row instead of a pass over the round's pairs, responses and
+    judgments. Status, held-out accuracy and wall time stay on the round's own row."""
 
     __tablename__ = "round_summaries"
     __table_args__ = (UniqueConstraint("round_id", name="uq_round_summaries_round"),)

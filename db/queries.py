@@ -1,4 +1,9 @@
-"""Query functions over the store. Each takes a session and does not commit: the caller owns it."""
+"""The loop's queries: what the stages, the driver, labeling and the workers read and write.
+
+Each takes a session and does not commit: the caller owns it. Writes are named as writes
+(`insert_ignore`, `delete_metrics`); the rest only read. The read side that people use (round
+figures, pair browsing) is in `db.summaries` and `db.pairs`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,6 @@ from sqlalchemy import Select, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
-from db.inspect import SUMMARY_FIELDS, compute_round_stats
 from db.models import (
     Base,
     Checkpoint,
@@ -22,7 +26,6 @@ from db.models import (
     Response,
     ResponseLogprob,
     Round,
-    RoundSummaryRecord,
     Run,
 )
 
@@ -226,6 +229,21 @@ def revised_ids(session: Session, round_id: int) -> set[int]:
     return set(session.scalars(stmt))
 
 
+CHOSEN = aliased(Response, name="chosen")
+REJECTED = aliased(Response, name="rejected")
+"""A pair's two responses, as `join_pair_rows` joins them."""
+
+
+def join_pair_rows(stmt: Select) -> Select:
+    """`stmt` (selecting from `pairs`) joined to each pair's prompt and its two responses,
+    `CHOSEN` and `REJECTED`: the one join of a pair to its rows."""
+    return (
+        stmt.join(Prompt, Prompt.id == Pair.prompt_id)
+        .join(CHOSEN, CHOSEN.id == Pair.chosen_id)
+        .join(REJECTED, REJECTED.id == Pair.rejected_id)
+    )
+
+
 @dataclass(frozen=True)
 class TrainingPair:
     pair_id: int
@@ -248,26 +266,21 @@ def pair_ids(session: Session, round_id: int) -> list[int]:
 
 def training_pairs(session: Session, round_id: int) -> list[TrainingPair]:
     """A round's pairs with the prompt text and both responses' token ids, in pair order."""
-    chosen, rejected = aliased(Response), aliased(Response)
-    stmt = (
+    stmt = join_pair_rows(
         select(
             Pair.id,
             Prompt.text,
-            chosen.id,
-            chosen.token_ids,
-            rejected.id,
-            rejected.token_ids,
-            chosen.sample_index,
-            rejected.sample_index,
+            CHOSEN.id,
+            CHOSEN.token_ids,
+            REJECTED.id,
+            REJECTED.token_ids,
+            CHOSEN.sample_index,
+            REJECTED.sample_index,
             Pair.chosen_target,
             Pair.rejected_target,
         )
-        .join(Prompt, Prompt.id == Pair.prompt_id)
-        .join(chosen, chosen.id == Pair.chosen_id)
-        .join(rejected, rejected.id == Pair.rejected_id)
-        .where(Pair.round_id == round_id)
-        .order_by(Pair.id)
     )
+    stmt = stmt.where(Pair.round_id == round_id).order_by(Pair.id)
     return [TrainingPair(*row) for row in session.execute(stmt)]
 
 
@@ -293,85 +306,3 @@ def delete_metrics(session: Session, run_id: int, round_index: int, stage: str) 
             Metric.run_id == run_id, Metric.round_index == round_index, Metric.stage == stage
         )
     )
-
-
-def count_rows(session: Session, run_id: int) -> dict[str, int]:
-    """Row counts per table for one run."""
-    round_ids = select(Round.id).where(Round.run_id == run_id)
-    response_ids = select(Response.id).where(Response.round_id.in_(round_ids))
-
-    def n(stmt: Select) -> int:
-        return session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-
-    return {
-        "rounds": n(select(Round.id).where(Round.run_id == run_id)),
-        "checkpoints": n(select(Checkpoint.id).where(Checkpoint.run_id == run_id)),
-        "prompts": n(select(Prompt.id).where(Prompt.round_id.in_(round_ids))),
-        "responses": n(response_ids),
-        "judgments": n(select(Judgment.id).where(Judgment.response_id.in_(response_ids))),
-        "pairs": n(select(Pair.id).where(Pair.round_id.in_(round_ids))),
-        "response_logprobs": n(
-            select(ResponseLogprob.id).where(ResponseLogprob.response_id.in_(response_ids))
-        ),
-    }
-
-
-@dataclass(frozen=True)
-class RoundSummary:
-    index: int
-    status: str
-    pairs: int
-    responses: int
-    heldout_accuracy: float | None
-    wall_time_s: float
-    error: str | None
-
-
-def round_summaries(session: Session, run_id: int, index: int | None = None) -> list[RoundSummary]:
-    """One line of figures per round of a run (or only round `index`), in round order; a round
-    with a stored summary takes its counts from it, the others are counted."""
-    rounds = select(Round.id).where(Round.run_id == run_id)
-    if index is not None:
-        rounds = rounds.where(Round.index == index)
-    unsummarized = rounds.where(
-        ~select(RoundSummaryRecord.id).where(RoundSummaryRecord.round_id == Round.id).exists()
-    )
-    pair_counts = (
-        select(Pair.round_id, func.count().label("n"))
-        .where(Pair.round_id.in_(unsummarized))
-        .group_by(Pair.round_id)
-        .subquery()
-    )
-    response_counts = (
-        select(Response.round_id, func.count().label("n"))
-        .where(Response.round_id.in_(unsummarized))
-        .group_by(Response.round_id)
-        .subquery()
-    )
-    stmt = (
-        select(
-            Round.index,
-            Round.status,
-            func.coalesce(RoundSummaryRecord.pairs, pair_counts.c.n, 0),
-            func.coalesce(RoundSummaryRecord.responses, response_counts.c.n, 0),
-            Round.heldout_accuracy,
-            Round.wall_time_s,
-            Round.error,
-        )
-        .outerjoin(RoundSummaryRecord, RoundSummaryRecord.round_id == Round.id)
-        .outerjoin(pair_counts, pair_counts.c.round_id == Round.id)
-        .outerjoin(response_counts, response_counts.c.round_id == Round.id)
-        .where(Round.id.in_(rounds))
-        .order_by(Round.index)
-    )
-    return [RoundSummary(*row) for row in session.execute(stmt)]
-
-
-def write_round_summary(session: Session, rnd: Round) -> None:
-    """Store a finished round's aggregates, replacing any earlier summary (idempotent)."""
-    stats = compute_round_stats(session, rnd.run, rnd)
-    session.execute(delete(RoundSummaryRecord).where(RoundSummaryRecord.round_id == rnd.id))
-    session.add(
-        RoundSummaryRecord(round_id=rnd.id, **{f: getattr(stats, f) for f in SUMMARY_FIELDS})
-    )
-    session.flush()

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.inspect import PairFilter, PairRow, iter_pairs
+from db.pairs import PairFilter, PairRow, iter_pairs
 
 FORMATS = ("jsonl", "parquet", "hf")
 ROW_GROUP = 50_000

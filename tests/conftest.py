@@ -1,4 +1,5 @@
-"""Shared fixtures: a migrated store on SQLite and on the machine's real PostgreSQL."""
+"""Shared fixtures: a migrated store on SQLite and on the machine's real PostgreSQL, and a small
+hand-built run in it (`seeded_url`) for the tests of what reads the store."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from db.engine import make_engine
+from db.engine import make_engine, session_factory, transaction
 from db.migrate import upgrade
+from db.models import Checkpoint, Judgment, Metric, Pair, Prompt, Response, Round, Run
 
 # vLLM on a CPU sizes its KV cache as gpu_memory_utilization × the memory of the first CPU's
 # NUMA node minus the engine process's own RSS: the tests' 0.05 goes negative on a machine whose
@@ -57,3 +59,128 @@ def engine(db_url: str) -> Iterator[Engine]:
     upgrade(eng)
     yield eng
     eng.dispose()
+
+
+def seed_store(url: str) -> dict[str, int]:
+    """Run `demo`: 2 done rounds × 3 prompts × 4 responses, two judges, 2 pairs per prompt.
+
+    Scores are sample_index / 3; the judge `llm` disagrees with `verifier` on sample 1 only.
+    Prompt 0 of each round holds HTML, to check that pages escape it.
+    """
+    engine = make_engine(url)
+    upgrade(engine)
+    ids: dict[str, int] = {}
+    with transaction(session_factory(engine)) as s:
+        run = Run(name="demo", config={})
+        s.add(run)
+        s.flush()
+        ids["run"] = run.id
+        ckpts = {}
+        for t in (-1, 0, 1):
+            ckpts[t] = Checkpoint(
+                run_id=run.id,
+                round_index=t,
+                path=f"/ckpt/{t}",
+                heldout_accuracy=0.25 + 0.25 * (t + 1),
+            )
+            s.add(ckpts[t])
+        s.flush()
+        for t in (0, 1):
+            rnd = Round(
+                run_id=run.id,
+                index=t,
+                status="done",
+                policy_checkpoint_id=ckpts[t - 1].id,
+                output_checkpoint_id=ckpts[t].id,
+                heldout_accuracy=ckpts[t].heldout_accuracy,
+                wall_time_s=1.5,
+            )
+            s.add(rnd)
+            s.flush()
+            for i in range(3):
+                text = "<script>alert(1)</script> 2+2=" if i == 0 else f"Q:{t}{i}+1="
+                prompt = Prompt(round_id=rnd.id, index=i, text=text, answer="4")
+                s.add(prompt)
+                s.flush()
+                resp = []
+                for k in range(4):
+                    r = Response(
+                        round_id=rnd.id,
+                        prompt_id=prompt.id,
+                        sample_index=k,
+                        checkpoint_id=ckpts[t - 1].id,
+                        text=f"A{k}" + "x" * k,
+                        token_ids=[1] * (k + 1),
+                        num_tokens=k + 1,
+                        logprob=-float(k),
+                        finish_reason="stop",
+                    )
+                    s.add(r)
+                    s.flush()
+                    resp.append(r)
+                    s.add(
+                        Judgment(
+                            response_id=r.id,
+                            judge="verifier",
+                            status="ok",
+                            score=k / 3,
+                            critique=f"critique {k}",
+                        )
+                    )
+                    llm_score = k / 3 if k != 1 else 0.9
+                    s.add(
+                        Judgment(
+                            response_id=r.id,
+                            judge="llm",
+                            status="ok",
+                            score=llm_score,
+                            trace={"tool": "calc", "calls": [k]},
+                        )
+                    )
+                s.add(
+                    Pair(
+                        round_id=rnd.id,
+                        prompt_id=prompt.id,
+                        chosen_id=resp[3].id,
+                        rejected_id=resp[0].id,
+                        chosen_score=1.0,
+                        rejected_score=0.0,
+                        margin=1.0,
+                        builder="max_min",
+                    )
+                )
+                s.add(
+                    Pair(
+                        round_id=rnd.id,
+                        prompt_id=prompt.id,
+                        chosen_id=resp[2].id,
+                        rejected_id=resp[1].id,
+                        chosen_score=2 / 3,
+                        rejected_score=1 / 3,
+                        margin=1 / 3,
+                        builder="max_min",
+                    )
+                )
+            for step in (1, 2, 3):
+                for name, value in (("loss", 1.0 / step), ("reward_margin", 0.1 * step)):
+                    s.add(
+                        Metric(
+                            run_id=run.id,
+                            round_index=t,
+                            stage="train",
+                            step=step,
+                            name=name,
+                            value=value,
+                        )
+                    )
+            s.flush()
+            ids[f"round{t}"] = rnd.id
+    engine.dispose()
+    return ids
+
+
+@pytest.fixture
+def seeded_url(db_url: str) -> str:
+    """A store URL (SQLite, then PostgreSQL) holding the `demo` run of `seed_store`."""
+    seed_store(db_url)
+    return db_url

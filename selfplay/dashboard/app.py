@@ -24,8 +24,12 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from db import inspect as q
 from db.engine import make_engine
+from db.models import Run
+from db.pairs import PairFilter, list_pairs, pair_detail
+from db.queries import get_checkpoint, get_run
+from db.runs import InspectError, NotFound, list_runs
+from db.summaries import RoundSummary, round_metrics, round_summaries, round_summary
 from selfplay.dashboard.svg import line_chart
 from selfplay.redact import mask_url
 
@@ -82,26 +86,27 @@ def create_app(db_url: str, token: str | None = None) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> HTMLResponse:
         return error(request, exc.status_code, str(exc.detail))
 
-    @app.exception_handler(q.NotFound)
-    async def not_found(request: Request, exc: q.NotFound) -> HTMLResponse:
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> HTMLResponse:
         return error(request, 404, str(exc))
 
-    @app.exception_handler(q.InspectError)
-    async def bad_filter(request: Request, exc: q.InspectError) -> HTMLResponse:
+    @app.exception_handler(InspectError)
+    async def bad_filter(request: Request, exc: InspectError) -> HTMLResponse:
         return error(request, 400, str(exc))
 
     @app.get("/", response_class=HTMLResponse)
     def runs_page(request: Request) -> HTMLResponse:
         with sessions() as s:
-            runs = q.list_runs(s)
+            runs = list_runs(s)
         return page(request, "runs.html", runs=runs)
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
     def run_page(request: Request, run_id: Id) -> HTMLResponse:
         with sessions() as s:
-            run = q.get_run_by_id(s, run_id)
-            stats = q.run_stats(s, run)
-            initial = q.get_initial_accuracy(s, run.id)
+            run = _run(s, run_id)
+            stats = round_summaries(s, run.id)
+            initial_checkpoint = get_checkpoint(s, run.id, -1)
+            initial = None if initial_checkpoint is None else initial_checkpoint.heldout_accuracy
             name = run.name
         return page(
             request,
@@ -118,11 +123,10 @@ def create_app(db_url: str, token: str | None = None) -> FastAPI:
         request: Request, run_id: Id, index: Annotated[int, PathParam(ge=0, le=MAX_ID)]
     ) -> HTMLResponse:
         with sessions() as s:
-            run = q.get_run_by_id(s, run_id)
-            rnd = q.get_round(s, run.id, index)
-            st = q.round_stats(s, run, rnd)
-            train = q.round_metrics(s, run.id, index, "train")
-            name, error_text = run.name, rnd.error
+            run = _run(s, run_id)
+            st = round_summary(s, run.id, index)
+            train = round_metrics(s, run.id, index, "train")
+            name = run.name
         plots = []
         for metric in ("loss", "reward_margin", "preference_accuracy"):
             if metric in train:
@@ -141,7 +145,7 @@ def create_app(db_url: str, token: str | None = None) -> FastAPI:
             run_id=run_id,
             name=name,
             st=st,
-            error_text=error_text,
+            error_text=st.error,
             plots=plots,
         )
 
@@ -159,7 +163,7 @@ def create_app(db_url: str, token: str | None = None) -> FastAPI:
         # The filter form submits empty fields: an empty value means no filter.
         round = _parse(round, int, "round", lambda v: 0 <= v <= MAX_ID)
         min_margin = _parse(min_margin, float, "min_margin", math.isfinite)
-        f = q.PairFilter(
+        f = PairFilter(
             run=run or None,
             round=round,
             judge=judge or None,
@@ -167,9 +171,9 @@ def create_app(db_url: str, token: str | None = None) -> FastAPI:
             search=search or None,
         )
         with sessions() as s:
-            rows = q.list_pairs(s, f, after=after, limit=limit)
+            rows = list_pairs(s, f, after=after, limit=limit)
         if after and not rows:
-            raise q.NotFound(f"no pairs after id {after} match these filters")
+            raise NotFound(f"no pairs after id {after} match these filters")
         params = {
             k: v
             for k, v in (
@@ -190,11 +194,19 @@ def create_app(db_url: str, token: str | None = None) -> FastAPI:
     @app.get("/pairs/{pair_id}", response_class=HTMLResponse)
     def pair_page(request: Request, pair_id: Id) -> HTMLResponse:
         with sessions() as s:
-            detail = q.pair_detail(s, pair_id)
-            run_id = q.get_run(s, detail.pair.run).id
+            detail = pair_detail(s, pair_id)
+            run_id = get_run(s, detail.pair.run).id
         return page(request, "pair.html", d=detail, run_id=run_id)
 
     return app
+
+
+def _run(session: Session, run_id: int) -> Run:
+    """The run with this id; raises NotFound naming it."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"no run with id {run_id}")
+    return run
 
 
 def _parse(raw: str | None, kind: type, name: str, ok: Callable[[Any], bool]) -> Any:
@@ -205,11 +217,11 @@ def _parse(raw: str | None, kind: type, name: str, ok: Callable[[Any], bool]) ->
     except ValueError:
         value = None
     if value is None or not ok(value):
-        raise q.InspectError(f"{name}: not a valid {kind.__name__} here: {raw!r}")
+        raise InspectError(f"{name}: not a valid {kind.__name__} here: {raw!r}")
     return value
 
 
-def _run_plots(stats: list[q.RoundStats], initial: float | None) -> list[Any]:
+def _run_plots(stats: list[RoundSummary], initial: float | None) -> list[Any]:
     xs = [st.index for st in stats]
     acc_xs, accs = xs, [st.heldout_accuracy for st in stats]
     if initial is not None:

@@ -200,7 +200,7 @@ def test_export_pages_and_row_groups_keep_every_pair_once(seeded_url, tmp_path, 
     from sqlalchemy.orm import Session
 
     from db.engine import make_engine
-    from db.inspect import PairFilter
+    from db.pairs import PairFilter
     from selfplay import export
 
     monkeypatch.setattr(export, "ROW_GROUP", 4)

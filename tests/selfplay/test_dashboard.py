@@ -108,9 +108,9 @@ def round_row(html: str, index: int) -> list[str]:
 
 
 def test_run_page_reads_done_rounds_from_their_summaries(seeded_url):
-    from db import queries
     from db.engine import make_engine, session_factory, transaction
     from db.models import Pair, Round
+    from db.summaries import write_round_summary
 
     with TestClient(create_app(seeded_url)) as c:
         # A store from before summaries: computed live, with a note saying how to store them.
@@ -120,7 +120,7 @@ def test_run_page_reads_done_rounds_from_their_summaries(seeded_url):
         engine = make_engine(seeded_url)
         with transaction(session_factory(engine)) as s:
             for rnd in s.query(Round).all():
-                queries.write_round_summary(s, rnd)
+                write_round_summary(s, rnd)
         with engine.begin() as conn:
             conn.execute(delete(Pair).where(Pair.margin < 0.5))  # 3 of each round's 6 pairs
         summarized = c.get("/runs/1").text

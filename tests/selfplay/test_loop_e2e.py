@@ -12,7 +12,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from db import inspect, queries
+from db import queries, summaries
 from db.engine import make_engine, session_factory
 from db.models import Checkpoint, Response, Round
 
@@ -56,7 +56,7 @@ def store_state(output_dir: Path) -> tuple[dict[str, int], list[tuple[int, str, 
     engine = make_engine(f"sqlite:///{output_dir / 'selfplay.db'}")
     with session_factory(engine)() as s:
         run_id = queries.get_run(s, "small").id
-        counts = queries.count_rows(s, run_id)
+        counts = summaries.count_rows(s, run_id)
         rounds = [
             (r.index, r.status, r.heldout_accuracy)
             for r in s.scalars(select(Round).where(Round.run_id == run_id).order_by(Round.index))
@@ -74,15 +74,14 @@ def store_state(output_dir: Path) -> tuple[dict[str, int], list[tuple[int, str, 
         for ckpt in s.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id)):
             assert (Path(ckpt.path) / "model.safetensors").exists()
         # Each done round's figures were stored as it finished (wall time differs run to run).
-        run = queries.get_run(s, "small")
-        summaries = [
+        stored = [
             {k: v for k, v in st.to_dict().items() if k != "wall_time_s"}
-            for st in inspect.run_stats(s, run)
+            for st in summaries.round_summaries(s, run_id)
             if st.status == "done"
         ]
-        assert all(st["summarized"] for st in summaries)
+        assert all(st["summarized"] for st in stored)
     engine.dispose()
-    return counts, rounds, summaries
+    return counts, rounds, stored
 
 
 # One SIGKILL inside each stage, in order: (SELFPLAY_KILL_AT, round index, status seen after).

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from db import queries
 from db.engine import make_engine, session_factory
 from db.models import Checkpoint, Metric, Response, Round
+from db.summaries import count_rows
 from selfplay.config import TaskConfig
 from selfplay.generation import HFBackend, SamplingParams
 from selfplay.tasks import make_task
@@ -63,7 +64,7 @@ def test_quickstart_round_with_the_vllm_backend(tmp_path):
     with session_factory(engine)() as s:
         run_id = queries.get_run(s, "small").id
         (rnd,) = s.scalars(select(Round).where(Round.run_id == run_id))
-        assert rnd.status == "done" and queries.count_rows(s, run_id)["pairs"] > 0
+        assert rnd.status == "done" and count_rows(s, run_id)["pairs"] > 0
         responses = list(s.scalars(select(Response).where(Response.round_id == rnd.id)))
         assert len(responses) == 64 * 4
         assert all(r.logprob < 0 and r.num_tokens == len(r.token_ids) for r in responses)

@@ -16,6 +16,7 @@ from sqlalchemy import func, inspect, select
 from db import queries
 from db.engine import make_engine, session_factory
 from db.models import Judgment, Metric, Response, Round
+from db.summaries import count_rows
 from tests.selfplay.test_loop_e2e import SMALL
 from tests.workers.conftest import REDIS_URL, clean_env
 
@@ -68,7 +69,7 @@ def store_state(url: str) -> tuple[dict[str, int], list[tuple[int, str, float | 
     engine = make_engine(url)
     with session_factory(engine)() as s:
         run_id = queries.get_run(s, "small").id
-        counts = queries.count_rows(s, run_id)
+        counts = count_rows(s, run_id)
         rounds = [
             (r.index, r.status, r.heldout_accuracy)
             for r in s.scalars(select(Round).where(Round.run_id == run_id).order_by(Round.index))

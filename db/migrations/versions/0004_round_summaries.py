@@ -13,7 +13,7 @@ Create Date: 2026-11-22 14:10:00
   warning and search scans the prompts as before.
 - prompts_fts, SQLite only: an FTS5 table with the trigram tokenizer (SQLite ≥ 3.34) over
   prompts.text (external content: it stores the index, not the text), kept in step by triggers
-  and filled here; `db.inspect` narrows a search of ≥ 3 characters with it, then applies the
+  and filled here; `db.pairs` narrows a search of ≥ 3 characters with it, then applies the
   same LIKE. Without FTS5 or the trigram tokenizer it is skipped with a warning. Caveat for later
   migrations: a batch (copy-and-move) alteration of `prompts` on SQLite drops its triggers;
   such a migration must recreate them (`_create_sqlite_fts` below).

@@ -1,7 +1,6 @@
-"""`selfplay db stats|rounds|pairs|show|export` and `selfplay dashboard`: inspect the store.
+"""The commands that read the store: `selfplay db …`, `selfplay status`, `selfplay dashboard`.
 
-Registered onto the `selfplay` app by importing this module (selfplay/cli.py does). Rich tables
-for people, `--json` for scripts; a bad filter or an unknown id exits 1 naming it.
+Rich tables for people, `--json` for scripts; a bad filter or an unknown id exits 1 naming it.
 """
 
 from __future__ import annotations
@@ -9,18 +8,23 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
-from sqlalchemy.orm import Session
 
-from db.inspect import InspectError, PairFilter
-from selfplay.cli import DbOption, _db_url, _fail, app, db_app, open_store, out
+from db.pairs import PairFilter
+from db.runs import InspectError
+from selfplay.cli.common import DbOption, db_url, fail, out, store_session
+from selfplay.progress import format_accuracy
 from selfplay.redact import mask_url
+
+if TYPE_CHECKING:
+    from db.models import Checkpoint
+    from db.summaries import RoundSummary
+
+db_app = typer.Typer(no_args_is_help=True, help="Manage and inspect the preference store.")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 RunOption = Annotated[str | None, typer.Option("--run", help="Run name.")]
@@ -39,26 +43,13 @@ SearchOption = Annotated[
 ]
 
 
-@contextmanager
-def _session(db: str | None) -> Iterator[Session]:
-    """A session on the store (`open_store`'s exits), or a clean exit 1 for a bad filter."""
-    engine = open_store(db)
-    try:
-        with Session(bind=engine) as s:
-            yield s
-    except InspectError as e:
-        raise _fail(str(e), 1) from None
-    finally:
-        engine.dispose()
-
-
 def _filter(
     run: str | None, round_: int | None, judge: str | None, margin: float | None, search: str | None
 ) -> PairFilter:
     try:
         return PairFilter(run=run, round=round_, judge=judge, min_margin=margin, search=search)
     except InspectError as e:
-        raise _fail(str(e), 1) from None
+        raise fail(str(e), 1) from None
 
 
 def _print_json(data: Any) -> None:
@@ -69,6 +60,18 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "" if x is None else f"{x:.{digits}f}"
 
 
+@db_app.command("upgrade")
+def db_upgrade(db: DbOption = None) -> None:
+    """Create or migrate the store's schema to the latest revision."""
+    from db.engine import make_engine
+    from db.migrate import current_revision, upgrade
+
+    engine = make_engine(db_url(db))
+    upgrade(engine)
+    out.print(f"store {mask_url(db_url(db))} at revision {current_revision(engine)}")
+    engine.dispose()
+
+
 @db_app.command("stats")
 def db_stats(
     db: DbOption = None,
@@ -77,18 +80,18 @@ def db_stats(
     as_json: JsonOption = False,
 ) -> None:
     """Per run and round: prompts, responses, judgments by status, pairs, accuracy, scores, lengths."""
-    from db import inspect as q
+    from db.runs import select_runs
+    from db.summaries import round_summaries, round_summary
 
-    with _session(db) as s:
+    with store_session(db) as s:
         if round_ is not None and run is None:
             raise InspectError("round: a round index needs a run (--run NAME)")
-        runs = q.select_runs(s, run)
         stats = []
-        for r in runs:
+        for r in select_runs(s, run):
             if round_ is None:
-                stats.extend(q.run_stats(s, r))
+                stats.extend(round_summaries(s, r.id))
             else:
-                stats.append(q.round_stats(s, r, q.get_round(s, r.id, round_)))
+                stats.append(round_summary(s, r.id, round_))
     if as_json:
         _print_json([st.to_dict() for st in stats])
         return
@@ -99,7 +102,7 @@ def db_stats(
             out.print(_stats_table(run_name, rows[i : i + 8]), highlight=False)
 
 
-def _stats_table(run_name: str, stats: list[Any]) -> Table:
+def _stats_table(run_name: str, stats: list[RoundSummary]) -> Table:
     table = Table(title=f"run {run_name}")
     table.add_column("round")
     for st in stats:
@@ -129,50 +132,89 @@ def _stats_table(run_name: str, stats: list[Any]) -> Table:
     return table
 
 
+def status(
+    db: DbOption = None,
+    run_name: Annotated[str | None, typer.Option("--run", help="Run name (default: all).")] = None,
+) -> None:
+    """Print each run's rounds: stage, pairs, held-out accuracy, wall time, and the judge's
+    meta-evaluation (agreement with the verifier, position bias, failed share) when stored."""
+    _print_rounds(db, run_name, as_json=False)
+
+
 @db_app.command("rounds")
 def db_rounds(db: DbOption = None, run: RunOption = None, as_json: JsonOption = False) -> None:
-    """Each run's rounds: status, responses, pairs, held-out accuracy, wall time."""
-    from db import inspect as q
-    from db import queries
+    """Each run's rounds: status, responses, pairs, held-out accuracy, wall time, and the judge's
+    meta-evaluation when stored (the table of `selfplay status`)."""
+    _print_rounds(db, run, as_json)
 
-    with _session(db) as s:
-        runs = q.select_runs(s, run)
-        rows = [
-            {"run": r.name, **vars(summary)}
-            for r in runs
-            for summary in queries.round_summaries(s, r.id)
+
+# Judge meta-evaluation figures shown in the rounds table when a run has them.
+_JUDGE_EVAL_COLUMNS = {
+    "verifier_agreement": "judge agrees",
+    "position_bias_rate": "position bias",
+    "judge_failed_rate": "judge failed",
+}
+
+
+def _print_rounds(db: str | None, run: str | None, as_json: bool) -> None:
+    """The rounds of the run named `run` (default: every run): a table per run, or JSON."""
+    from db.queries import get_checkpoint
+    from db.runs import select_runs
+    from db.summaries import round_summaries
+
+    with store_session(db) as s:
+        runs = [
+            (r.name, round_summaries(s, r.id), get_checkpoint(s, r.id, -1))
+            for r in select_runs(s, run)
         ]
     if as_json:
-        _print_json(rows)
+        _print_json([st.to_dict() for _, summaries, _ in runs for st in summaries])
         return
-    table = Table(title="rounds")
-    for c in ("run", "round", "status", "responses", "pairs", "held-out acc", "wall time"):
-        table.add_column(c, justify="left" if c in ("run", "status") else "right")
-    for row in rows:
+    for name, summaries, initial in runs:
+        out.print(_rounds_table(name, summaries, initial))
+
+
+def _rounds_table(
+    run_name: str, summaries: list[RoundSummary], initial: Checkpoint | None
+) -> Table:
+    """One run's rounds, after its initial policy (`initial`: the round -1 checkpoint, if any)."""
+    from db.models import EXTERNAL_CHECKPOINT_PREFIX
+
+    shown = [f for f in _JUDGE_EVAL_COLUMNS if any(getattr(st, f) is not None for st in summaries)]
+    table = Table(title=f"run {run_name}")
+    columns = ("round", "stage", "responses", "pairs", "held-out acc", "wall time")
+    for col in (*columns, *(_JUDGE_EVAL_COLUMNS[f] for f in shown)):
+        table.add_column(col, justify="right" if col != "stage" else "left")
+    if initial is not None:
+        stage = "external" if initial.path.startswith(EXTERNAL_CHECKPOINT_PREFIX) else "sft"
+        acc = format_accuracy(initial.heldout_accuracy)
+        table.add_row("initial", stage, "", "", acc, "", *[""] * len(shown))
+    for st in summaries:
+        stage = st.status + (f": {st.error.splitlines()[0]}" if st.error else "")
         table.add_row(
-            row["run"],
-            str(row["index"]),
-            row["status"],
-            str(row["responses"]),
-            str(row["pairs"]),
-            _fmt(row["heldout_accuracy"]),
-            f"{row['wall_time_s']:.1f}s",
+            str(st.index),
+            stage,
+            str(st.responses),
+            str(st.pairs),
+            format_accuracy(st.heldout_accuracy),
+            f"{st.wall_time_s:.1f}s",
+            *(_fmt(getattr(st, f)) for f in shown),
         )
-    out.print(table)
+    return table
 
 
 @db_app.command("summarize")
 def db_summarize(db: DbOption = None, run: RunOption = None) -> None:
     """Store the summary of every done round that has none (rounds finished before summaries)."""
-    from db import inspect as q
-    from db import queries
+    from db.runs import select_runs
+    from db.summaries import unsummarized_rounds, write_round_summary
 
-    with _session(db) as s:
-        for r in q.select_runs(s, run):
-            rounds = q.unsummarized_rounds(s, r)
+    with store_session(db) as s:
+        for r in select_runs(s, run):
+            rounds = unsummarized_rounds(s, r.id)
             for rnd in rounds:
                 start = time.perf_counter()
-                queries.write_round_summary(s, rnd)
+                write_round_summary(s, rnd)
                 s.commit()  # one round at a time: an interrupted backfill keeps what it did
                 out.print(
                     f"run {r.name} round {rnd.index}: summarized "
@@ -201,11 +243,11 @@ def db_pairs(
     as_json: JsonOption = False,
 ) -> None:
     """Pairs matching the filters, in id order; `--after LAST_ID` gives the next page."""
-    from db import inspect as q
+    from db.pairs import list_pairs
 
     f = _filter(run, round_, judge, min_margin, search)
-    with _session(db) as s:
-        rows = q.list_pairs(s, f, after=after, limit=limit)
+    with store_session(db) as s:
+        rows = list_pairs(s, f, after=after, limit=limit)
     if as_json:
         _print_json([r.to_dict() for r in rows])
         return
@@ -243,10 +285,10 @@ def db_show(
     as_json: JsonOption = False,
 ) -> None:
     """A pair: prompt, both responses, all their judgments (critiques, traces), the checkpoint."""
-    from db import inspect as q
+    from db.pairs import pair_detail
 
-    with _session(db) as s:
-        detail = q.pair_detail(s, pair_id)
+    with store_session(db) as s:
+        detail = pair_detail(s, pair_id)
     if as_json:
         _print_json(detail.to_dict())
         return
@@ -299,13 +341,13 @@ def db_export(
     from selfplay.export import FORMATS, export_pairs
 
     if fmt not in FORMATS:
-        raise _fail(f"--format: must be one of {', '.join(FORMATS)}, got {fmt!r}", 1)
+        raise fail(f"--format: must be one of {', '.join(FORMATS)}, got {fmt!r}", 1)
     f = _filter(run, round_, judge, min_margin, search)
     try:
-        with _session(db) as s:
+        with store_session(db) as s:
             n = export_pairs(s, f, fmt, path)
     except ImportError as e:
-        raise _fail(f"{fmt} export needs {e.name}: pip install 'selfplay[inspect]'", 1) from None
+        raise fail(f"{fmt} export needs {e.name}: pip install 'selfplay[inspect]'", 1) from None
     out.print(f"exported {n} pairs to {path} ({fmt})", highlight=False)
 
 
@@ -318,7 +360,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-@app.command()
 def dashboard(
     db: DbOption = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
@@ -335,15 +376,15 @@ def dashboard(
 ) -> None:
     """Serve the read-only web dashboard of a store (runs, rounds with plots, pairs)."""
     if not _is_loopback(host) and not token:
-        raise _fail(f"--host {host} is not a loopback address: set --token to bind it", 2)
+        raise fail(f"--host {host} is not a loopback address: set --token to bind it", 2)
     try:
         import uvicorn
 
         from selfplay.dashboard import create_app
     except ImportError as e:
-        raise _fail(f"the dashboard needs {e.name}: pip install 'selfplay[inspect]'", 1) from None
-    url = _db_url(db)
-    with _session(db):
+        raise fail(f"the dashboard needs {e.name}: pip install 'selfplay[inspect]'", 1) from None
+    url = db_url(db)
+    with store_session(db):
         pass  # fail early, with a clear message, when there is no store
     out.print(f"dashboard of {mask_url(url)} on http://{host}:{port}/", highlight=False)
     uvicorn.run(create_app(url, token=token), host=host, port=port, log_level="warning")
