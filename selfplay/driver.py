@@ -8,24 +8,27 @@ continues where it stopped.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
+import os
 import time
 import traceback
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
-from db.engine import make_engine, session_factory, transaction
+from db import queries, summaries
+from db.engine import make_engine, session_factory, sqlite_path, transaction
 from db.migrate import upgrade
 from db.models import EXTERNAL_CHECKPOINT_PREFIX, Checkpoint, Round, RoundStatus, Run
+from selfplay.checkpoints import SFT_ROUND_INDEX, prune_checkpoints
 from selfplay.config import ConfigError, ExecutorConfig, SelfplayConfig
 from selfplay.executor import Executor, make_executor
 from selfplay.progress import Reporter, SilentReporter, format_accuracy
 from selfplay.redact import mask_config
 from selfplay.sft import prepare_policy
-from selfplay.stages import Context, evaluate_checkpoint, make_context
+from selfplay.stages import Context, Engines
+from selfplay.stages.evaluate import evaluate_checkpoint
+from selfplay.tasks import TaskDataError, make_task
 
 # Fields that may change between invocations of the same run without changing its data.
 _RESUMABLE_FIELDS = {("run", "rounds"), ("store", "url"), ("model", "cache_dir")} | {
@@ -67,7 +70,7 @@ def ensure_initial_checkpoint(ctx: Context) -> int:
     """Build (or reuse) the round-0 policy and record it as checkpoint -1."""
     cfg = ctx.cfg
     with ctx.sessions() as s:
-        existing = queries.get_checkpoint(s, ctx.run_id, -1)
+        existing = queries.get_checkpoint(s, ctx.run_id, SFT_ROUND_INDEX)
     if existing is not None and existing.path.startswith(EXTERNAL_CHECKPOINT_PREFIX):
         raise ConfigError(
             f"run {cfg.run.name!r} holds responses labelled by `selfplay judge` "
@@ -75,13 +78,12 @@ def ensure_initial_checkpoint(ctx: Context) -> int:
         )
     with ctx.reporter.bar("SFT of the initial policy", cfg.model.sft.steps) as advance:
         path = prepare_policy(
-            cfg.model, ctx.task, cfg.run.seed, progress=lambda step, total, loss: advance(1)
+            cfg.model, ctx.engines.task, cfg.run.seed, progress=lambda step, total, loss: advance(1)
         )
     with transaction(ctx.sessions) as s:
-        queries.insert_ignore(
-            s, Checkpoint, [dict(run_id=ctx.run_id, round_index=-1, path=str(path))]
-        )
-        return queries.get_checkpoint(s, ctx.run_id, -1).id
+        row = dict(run_id=ctx.run_id, round_index=SFT_ROUND_INDEX, path=str(path))
+        queries.insert_ignore(s, Checkpoint, [row])
+        return queries.get_checkpoint(s, ctx.run_id, SFT_ROUND_INDEX).id
 
 
 def next_policy(ctx: Context, index: int) -> Checkpoint | None:
@@ -119,37 +121,6 @@ def ensure_round(ctx: Context, index: int) -> int | None:
         return queries.get_round(s, ctx.run_id, index).id
 
 
-def prune_checkpoints(ctx: Context) -> list[str]:
-    """guards.keep_last: delete checkpoint directories other than the SFT model's, the best
-    one, the last N rounds' and any an unfinished round still needs; returns deleted paths.
-    The rows stay (their metrics and accuracies remain queryable)."""
-    keep_last = ctx.cfg.guards.keep_last
-    if keep_last is None:
-        return []
-    with ctx.sessions() as s:
-        ckpts = s.scalars(
-            select(Checkpoint)
-            .where(Checkpoint.run_id == ctx.run_id, Checkpoint.round_index >= 0)
-            .order_by(Checkpoint.round_index)
-        ).all()
-        best = queries.best_checkpoint(s, ctx.run_id)
-        needed = set(
-            s.scalars(
-                select(Round.policy_checkpoint_id).where(
-                    Round.run_id == ctx.run_id, Round.status != RoundStatus.DONE
-                )
-            )
-        )
-        keep = {c.id for c in ckpts[-keep_last:]} | needed | ({best.id} if best else set())
-        doomed = [c.path for c in ckpts if c.id not in keep]
-    deleted = []
-    for path in doomed:
-        if Path(path).exists():
-            shutil.rmtree(path)
-            deleted.append(path)
-    return deleted
-
-
 def _set_status(ctx: Context, round_id: int, status: str, error: str | None = None) -> None:
     with transaction(ctx.sessions) as s:
         rnd = s.get(Round, round_id)
@@ -158,7 +129,7 @@ def _set_status(ctx: Context, round_id: int, status: str, error: str | None = No
             rnd.finished_at = dt.datetime.now(dt.UTC)
             # A done round's rows never change again: store its aggregates in the same
             # transaction, so that the dashboard and `db stats` read one row instead of them.
-            queries.write_round_summary(s, rnd)
+            summaries.write_round_summary(s, rnd)
 
 
 def _add_wall_time(ctx: Context, round_id: int, seconds: float) -> None:
@@ -166,21 +137,44 @@ def _add_wall_time(ctx: Context, round_id: int, seconds: float) -> None:
         s.get(Round, round_id).wall_time_s += seconds
 
 
+def round_recipe(cfg: SelfplayConfig) -> list[tuple[str, str]]:
+    """A round's steps in order (names in `selfplay.stages.STEPS`), each with the round
+    status it runs under."""
+    steps = [
+        (RoundStatus.GENERATING, "prompts"),
+        (RoundStatus.GENERATING, "generate"),
+        (RoundStatus.JUDGING, "judge"),
+    ]
+    if cfg.revise.enabled:
+        # The policy rewrites critiqued responses; the judge stage then judges the revisions.
+        steps += [(RoundStatus.REVISING, "revise"), (RoundStatus.REVISING, "judge")]
+    if cfg.judge.meta_eval_prompts:
+        steps.append((RoundStatus.PAIRING, "judge_eval"))
+    steps += [
+        (RoundStatus.PAIRING, "pair"),
+        (RoundStatus.TRAINING, "train"),
+        (RoundStatus.EVALUATING, "evaluate"),
+    ]
+    return steps
+
+
 def run_round(ctx: Context, round_id: int, executor: Executor) -> None:
-    """Run a round's remaining stages in order; a failure is stored on the round and re-raised."""
+    """Run a round's remaining steps in order; a failure is stored on the round and re-raised."""
     with ctx.sessions() as s:
         status = s.get(Round, round_id).status
-    # A failed round re-enters at the first stage: finished stages find no missing work.
-    first = (
-        1
-        if status in (RoundStatus.PENDING, RoundStatus.FAILED)
-        else RoundStatus.ORDER.index(status)
-    )
-    for stage in RoundStatus.ORDER[first:-1]:
-        _set_status(ctx, round_id, stage)
+    # A failed round re-enters at the first step: finished steps find no missing work.
+    resume = status not in (RoundStatus.PENDING, RoundStatus.FAILED)
+    first = RoundStatus.ORDER.index(status) if resume else 0
+    current = None
+    for stage, step in round_recipe(ctx.cfg):
+        if RoundStatus.ORDER.index(stage) < first:
+            continue
+        if stage != current:
+            _set_status(ctx, round_id, stage)
+            current = stage
         start = time.perf_counter()
         try:
-            executor.run_stage(ctx, stage, round_id)
+            executor.run_step(ctx, step, round_id)
         except BaseException as err:
             detail = "".join(traceback.format_exception(err))
             _add_wall_time(ctx, round_id, time.perf_counter() - start)
@@ -190,17 +184,51 @@ def run_round(ctx: Context, round_id: int, executor: Executor) -> None:
     _set_status(ctx, round_id, RoundStatus.DONE)
 
 
+def create_store(url: str) -> Engine:
+    """The engine of the store at `url`, created (a SQLite file readable by its owner only) and
+    migrated to this selfplay's schema; a ConfigError naming `store.url` when the file cannot
+    be created."""
+    try:
+        engine = make_engine(url)
+    except OSError as err:
+        raise ConfigError(
+            f"store.url: cannot create the store {sqlite_path(url)} ({err.filename}: "
+            f"{err.strerror})"
+        ) from None
+    upgrade(engine)
+    return engine
+
+
+def _create_private_dir(path: Path, field: str) -> None:
+    """Create a directory readable by its owner only (0700; an existing one is kept as it is),
+    or raise a ConfigError naming the config field."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as err:
+        raise ConfigError(f"{field}: cannot create {path}: {err.strerror or err}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{field}: {path} is not writable")
+
+
 def run_loop(
     cfg: SelfplayConfig, rounds: int | None = None, reporter: Reporter | None = None
-) -> list[queries.RoundSummary]:
+) -> list[summaries.RoundSummary]:
     """Run (or resume) the configured loop for `rounds` rounds (default: cfg.run.rounds)."""
     reporter = reporter or SilentReporter()
-    engine = make_engine(cfg.db_url)
-    upgrade(engine)
+    try:  # the task's data is checked before anything is written
+        task = make_task(cfg.task, cfg.run.seed)
+    except TaskDataError as err:
+        raise ConfigError(str(err)) from None
+    _create_private_dir(cfg.run.output_dir, "run.output_dir")
+    engine = create_store(cfg.db_url)
     sessions = session_factory(engine)
-    ctx = make_context(cfg, sessions, ensure_run(sessions, cfg), reporter)
+    ctx = Context(cfg, sessions, ensure_run(sessions, cfg), reporter, Engines(cfg, sessions, task))
     try:
         executor = make_executor(cfg.executor)
+        if cfg.executor.broker_url is None:
+            # This process judges: build the judge now, so that a plug-in whose factory
+            # raises fails before the SFT and the first round, not after them.
+            ctx.engines.build_judge()
         initial = ensure_initial_checkpoint(ctx)
         accuracy = evaluate_checkpoint(ctx, initial, -1)
         reporter.line(f"initial policy: held-out accuracy {format_accuracy(accuracy)}")
@@ -217,13 +245,13 @@ def run_loop(
             if not already_done:
                 run_round(ctx, round_id, executor)
             with sessions() as s:
-                (summary,) = queries.round_summaries(s, ctx.run_id, index)
+                (summary,) = summaries.round_summaries(s, ctx.run_id, index)
             reporter.line(
                 f"round {index}: {summary.pairs} pairs, held-out accuracy "
                 f"{format_accuracy(summary.heldout_accuracy)}, {summary.wall_time_s:.1f}s"
                 + (" (already done)" if already_done else "")
             )
-            for path in prune_checkpoints(ctx):
+            for path in prune_checkpoints(sessions, ctx.run_id, cfg.guards.keep_last):
                 reporter.line(f"  deleted checkpoint {path} (guards.keep_last)")
         with sessions() as s:
             best = queries.best_checkpoint(s, ctx.run_id)
@@ -233,8 +261,8 @@ def run_loop(
                     f" (held-out accuracy {format_accuracy(best.heldout_accuracy)}) {best.path}"
                 )
         with sessions() as s:
-            summaries = queries.round_summaries(s, ctx.run_id)
+            rounds_done = summaries.round_summaries(s, ctx.run_id)
     finally:
         ctx.close()
         engine.dispose()
-    return summaries
+    return rounds_done

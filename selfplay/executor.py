@@ -1,7 +1,7 @@
 """Executors run a round's stages: in this process (the default) or as Celery tasks.
 
-The driver asks its executor to run a stage; both executors end in the same stage functions
-(`selfplay.stages`). The Celery one lives in `workers/` and is imported only when a broker is
+The driver asks its executor to run each step of its recipe; both executors end in the same
+step functions (`selfplay.stages.STEPS`). The Celery one lives in `workers/` and is imported only when a broker is
 configured, so the embedded mode needs neither Celery nor Redis.
 """
 
@@ -10,21 +10,22 @@ from __future__ import annotations
 from typing import Protocol
 
 from selfplay.config import ConfigError, ExecutorConfig
-from selfplay.stages import STAGE_FUNCTIONS, Context
+from selfplay.stages import STEPS, Context
 
 
 class Executor(Protocol):
-    def run_stage(self, ctx: Context, stage: str, round_id: int) -> None:
-        """Run one stage of a round to completion (its missing work only); raise on failure."""
+    def run_step(self, ctx: Context, step: str, round_id: int) -> None:
+        """Run one step of a round (a name in `STEPS`) to completion (its missing work only);
+        raise on failure."""
         ...
 
 
 class InProcessExecutor:
-    """Calls the stage functions directly (the embedded mode)."""
+    """Calls the step functions directly (the embedded mode)."""
 
-    def run_stage(self, ctx: Context, stage: str, round_id: int) -> None:
-        """Run the stage function in this process."""
-        STAGE_FUNCTIONS[stage](ctx, round_id)
+    def run_step(self, ctx: Context, step: str, round_id: int) -> None:
+        """Run the step function in this process."""
+        STEPS[step](ctx, round_id)
 
 
 def make_executor(cfg: ExecutorConfig) -> Executor:

@@ -1,11 +1,11 @@
 """The distributed executor: submits a stage's missing work as Celery tasks and waits for it.
 
 Work is computed from the store exactly as in the embedded mode (`missing_blocks`,
-`missing_judgments`): one task per generation block or judge chunk, one for training, one for
-evaluation. Pairing is a cheap pure function of the store and runs in the driver, as does the
-critique → revise stage when enabled (it generates with the driver's own engine and judges
-the revisions in-process). The driver
-polls the results and keeps polling through a broker restart; a task that fails after its
+`missing_judgments`): one task per generation block or judge chunk (the round's samples, and
+after the revise step its revisions), one for training, one for evaluation. The other steps run
+in the driver: storing the round's prompts, the judge meta-evaluation and pairing (cheap pure
+functions of the store), and the critique → revise step when enabled (it generates with the
+driver's own engine). The driver polls the results and keeps polling through a broker restart; a task that fails after its
 retries fails the round with the task's traceback.
 """
 
@@ -19,10 +19,11 @@ from kombu.exceptions import ChannelError, OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from db.models import RoundStatus
 from selfplay.config import ExecutorConfig
 from selfplay.progress import Reporter
-from selfplay.stages import STAGE_FUNCTIONS, Context, missing_blocks, missing_judgments
+from selfplay.stages import STEPS, Context
+from selfplay.stages.generate import missing_blocks
+from selfplay.stages.judge import missing_judgments
 from workers.app import make_app
 
 # What a broker outage looks like to a client; the driver waits it out.
@@ -49,35 +50,37 @@ class CeleryExecutor:
         self.cfg = cfg
         self.app = make_app(cfg)
 
-    def jobs(self, ctx: Context, stage: str, round_id: int) -> list[Job] | None:
-        """The tasks that finish `stage`; None for a stage that runs in the driver."""
+    def jobs(self, ctx: Context, step: str, round_id: int) -> list[Job] | None:
+        """The tasks that finish `step`; None for a step that runs in the driver."""
         run_id = ctx.run_id
-        if stage == RoundStatus.GENERATING:
+        if step == "generate":
             blocks = missing_blocks(ctx, round_id)
             return [
                 Job("selfplay.generate", (run_id, round_id, b, source), n)
                 for (source, b), n in blocks.items()
             ]
-        if stage == RoundStatus.JUDGING:
+        if step == "judge":
             chunks = missing_judgments(ctx, round_id)
             return [
                 Job("selfplay.judge", (run_id, round_id, i, [r.id for r, _ in c], repeat), len(c))
                 for i, (repeat, c) in enumerate(chunks)
             ]
-        if stage == RoundStatus.TRAINING:
+        if step == "train":
             return [Job("selfplay.train", (run_id, round_id), 1)]
-        if stage == RoundStatus.EVALUATING:
+        if step == "evaluate":
             return [Job("selfplay.evaluate", (run_id, round_id), 1)]
         return None
 
-    def run_stage(self, ctx: Context, stage: str, round_id: int) -> None:
-        """Submit the stage's missing work and wait for all of it (pairing runs here)."""
-        jobs = self.jobs(ctx, stage, round_id)
+    def run_step(self, ctx: Context, step: str, round_id: int) -> None:
+        """Submit the step's missing work and wait for all of it (driver steps run here)."""
+        jobs = self.jobs(ctx, step, round_id)
         if jobs is None:
-            STAGE_FUNCTIONS[stage](ctx, round_id)
+            STEPS[step](ctx, round_id)
+            return
+        if not jobs:
             return
         submitted = [(self.submit(job, ctx.reporter), job) for job in jobs]
-        self.wait(ctx.reporter, f"{stage} (workers)", submitted)
+        self.wait(ctx.reporter, f"{step} (workers)", submitted)
 
     def submit(self, job: Job, reporter: Reporter) -> AsyncResult:
         """Send one task, through a broker outage.

@@ -1,6 +1,8 @@
 """Thin Celery tasks: each takes ids, finds its run's context and calls one stage function.
 
-The logic lives in `selfplay.stages` (the same functions the embedded driver calls). A task adds
+The logic lives in `selfplay.stages` (the same functions the embedded driver calls). A worker
+builds only the engines its tasks use (`Engines` is lazy): a `generate` worker never builds the
+judge, a `train` worker neither the judge nor a generation engine. A task adds
 only what a queue needs: retries with backoff, routing by name, and its wall time stored in the
 metrics table (stage `task_<name>`, step = block or chunk index, name `seconds`).
 """
@@ -19,14 +21,11 @@ from db.models import Metric, Round, Run
 from selfplay.config import ExecutorConfig, SelfplayConfig
 from selfplay.progress import SilentReporter
 from selfplay.redact import mask_url
-from selfplay.stages import (
-    Context,
-    evaluate_round,
-    generate_block,
-    judge_response_ids,
-    make_context,
-    train_round,
-)
+from selfplay.stages import Context
+from selfplay.stages.evaluate import evaluate_round
+from selfplay.stages.generate import generate_block
+from selfplay.stages.judge import judge_response_ids
+from selfplay.stages.train import train_round
 
 T = TypeVar("T")
 
@@ -45,7 +44,7 @@ def worker_context(db_url: str, run_id: int) -> Context:
             if run is None:
                 raise LookupError(f"run id {run_id} does not exist in {mask_url(db_url)}")
             cfg = SelfplayConfig.model_validate(run.config)
-        _contexts[key] = make_context(cfg, sessions, run_id, SilentReporter())
+        _contexts[key] = Context(cfg, sessions, run_id, SilentReporter())
     return _contexts[key]
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from selfplay.judge_names import BUILTIN_JUDGES, ENTRY_POINT_GROUP, available_judges
 from selfplay.judges.base import (
+    BaseJudge,
     Comparison,
     Judge,
     JudgeEnv,
@@ -24,7 +25,7 @@ from selfplay.judges.base import (
     JudgeItem,
     PairItem,
     PairwiseJudge,
-    PolicyHandle,
+    Policy,
     Verdict,
     safe_compare,
     safe_judge,
@@ -73,7 +74,30 @@ def resolve_factory(name: str) -> JudgeFactory:
     raise JudgeNotFound(f"unknown judge {name!r}; known: {known}; or give 'package.module:attr'")
 
 
-class NoisyJudge:
+class PluginJudge(BaseJudge):
+    """A third-party judge given the protocol's defaults for what it does not declare
+    (`needs_siblings`, `needs_policy`, `close`): read once, when it is built."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.name = getattr(inner, "name", type(inner).__name__)
+        self.needs_siblings = bool(getattr(inner, "needs_siblings", False))
+        self.needs_policy = bool(getattr(inner, "needs_policy", False))
+        self._close = getattr(inner, "close", None)
+
+    def judge(self, items: list[JudgeItem], policy: Policy | None = None) -> list[Verdict]:
+        """The plug-in's verdicts (unchecked: callers use `safe_judge`)."""
+        if self.needs_policy:
+            return self.inner.judge(items, policy)
+        return self.inner.judge(items)
+
+    def close(self) -> None:
+        """The plug-in's own `close`, if it has one."""
+        if self._close is not None:
+            self._close()
+
+
+class NoisyJudge(BaseJudge):
     """Label noise for robustness experiments: flips a fraction of a 0/1 judge's verdicts.
 
     Whether a verdict flips is a deterministic function of (seed, prompt, response), so a
@@ -83,23 +107,22 @@ class NoisyJudge:
     def __init__(self, inner: Judge, flip_rate: float, seed: int) -> None:
         self.inner, self.flip_rate, self.seed = inner, flip_rate, seed
         self.name = inner.name
-        # A pairwise judge inside still gets the siblings it scores against.
-        self.needs_siblings = getattr(inner, "needs_siblings", False)
+        # The inner judge still gets the siblings it scores against and the policy it asks.
+        self.needs_siblings = inner.needs_siblings
+        self.needs_policy = inner.needs_policy
 
     def close(self) -> None:
-        """Close the inner judge if it holds resources."""
-        close = getattr(self.inner, "close", None)
-        if close is not None:
-            close()
+        """Close the inner judge."""
+        self.inner.close()
 
     def _flips(self, item: JudgeItem) -> bool:
         key = f"{self.seed}\0{item.prompt.text}\0{item.response}".encode()
         draw = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
         return draw < self.flip_rate
 
-    def judge(self, items: list[JudgeItem]) -> list[Verdict]:
+    def judge(self, items: list[JudgeItem], policy: Policy | None = None) -> list[Verdict]:
         """The inner judge's verdicts, a `flip_rate` fraction of them flipped."""
-        verdicts = safe_judge(self.inner, items)
+        verdicts = safe_judge(self.inner, items, policy)
         return [
             replace(
                 v,
@@ -130,11 +153,14 @@ def make_judge(cfg: JudgeConfig, env: JudgeEnv) -> Judge:
         raise ConfigError(
             f"judge.name: the factory of judge {cfg.name!r} raised {type(err).__name__}: {err}"
         ) from err
+    if not isinstance(judge, BaseJudge):
+        judge = PluginJudge(judge)
     return NoisyJudge(judge, cfg.flip_rate, env.seed) if cfg.flip_rate > 0 else judge
 
 
 __all__ = [
     "BUILTIN_JUDGES",
+    "BaseJudge",
     "ENTRY_POINT_GROUP",
     "Comparison",
     "Judge",
@@ -145,7 +171,8 @@ __all__ = [
     "NoisyJudge",
     "PairItem",
     "PairwiseJudge",
-    "PolicyHandle",
+    "PluginJudge",
+    "Policy",
     "Verdict",
     "available_judges",
     "make_judge",

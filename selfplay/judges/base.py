@@ -83,13 +83,37 @@ class PairItem:
 
 
 class Judge(Protocol):
-    """Scores a batch of responses; returns one Verdict per item, in order, and never raises."""
+    """Scores a batch of responses; returns one Verdict per item, in order, and never raises.
+
+    `needs_siblings`: each item's `extra["siblings"]` holds the other responses to its prompt.
+    `needs_policy`: the judge asks the policy itself and is called `judge(items, policy)`
+    with the policy of the round being judged (a `Policy`); others are called `judge(items)`.
+    `close` releases what the judge holds (a client, a loop, a model). Subclass `BaseJudge`
+    for the defaults; a plug-in that does not is given them when it is built.
+    """
 
     name: str
+    needs_siblings: bool
+    needs_policy: bool
 
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
         """Judge each item."""
         ...
+
+    def close(self) -> None:
+        """Release what the judge holds."""
+        ...
+
+
+class BaseJudge:
+    """The defaults of the Judge protocol: no siblings, no policy, nothing to close."""
+
+    name: str = "judge"
+    needs_siblings: bool = False
+    needs_policy: bool = False
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 @runtime_checkable
@@ -103,35 +127,29 @@ class PairwiseJudge(Protocol):
         ...
 
 
-class PolicyHandle:
-    """The round's policy, for judges that ask the policy itself (`self`, critique → revise).
+@dataclass(frozen=True)
+class Policy:
+    """A checkpoint of the run's policy and the engine that samples from it: what a judge
+    with `needs_policy` is given with each call (the `self` judge grades with it)."""
 
-    The judge stage points it at the round's policy checkpoint (`path`); `generate` loads that
-    checkpoint into the run's generation backend (a no-op when it is already loaded).
-    """
-
-    def __init__(self, backend: Callable[[], GenerationBackend]) -> None:
-        self._backend = backend
-        self.path: str | None = None
+    backend: GenerationBackend
+    path: str
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
-        """Sample from the current policy checkpoint."""
-        if self.path is None:
-            raise RuntimeError("the policy handle has no checkpoint yet (set PolicyHandle.path)")
-        backend = self._backend()
-        backend.load(self.path)
-        return backend.generate(prompts, params)
+        """Sample from this checkpoint (loading it into the engine if another one is loaded)."""
+        self.backend.load(self.path)
+        return self.backend.generate(prompts, params)
 
 
 @dataclass
 class JudgeEnv:
-    """What a judge factory may use besides its config: the task, the run's seed, the store
-    (caches) and the round's policy. Third-party judges receive the same object."""
+    """What a judge factory may use besides its config: the task, the run's seed and the store
+    (caches). Third-party judges receive the same object; the round's policy comes with each
+    call (`needs_policy`), never here."""
 
     task: Task
     seed: int = 0
     sessions: sessionmaker[Session] | None = None
-    policy: PolicyHandle | None = None
 
 
 JudgeFactory = Callable[["JudgeConfig", JudgeEnv], Judge]
@@ -195,14 +213,23 @@ def _guarded(
     return out
 
 
-def safe_judge(judge: Judge, items: list[JudgeItem]) -> list[Verdict]:
+def safe_judge(judge: Judge, items: list[JudgeItem], policy: Policy | None = None) -> list[Verdict]:
     """The judge's verdicts, checked: a judge that raises or returns the wrong number gives a
     failed verdict per item; anything but a `Verdict` that failed or has a finite float score
     (a NaN, ±inf, a string, a bare float) becomes a failed verdict naming the judge and the
-    problem. What comes back is safe to store and to pair on."""
+    problem. What comes back is safe to store and to pair on. A judge with `needs_policy` is
+    given `policy` (without one, every item fails saying so)."""
+
+    def call() -> list[Verdict]:
+        if not judge.needs_policy:
+            return judge.judge(items)
+        if policy is None:
+            raise ValueError("needs the round's policy and was called without one")
+        return judge.judge(items, policy)
+
     return _guarded(
         judge.name,
-        lambda: judge.judge(items),
+        call,
         len(items),
         ("verdicts", "responses"),
         Verdict,

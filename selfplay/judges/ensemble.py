@@ -14,7 +14,7 @@ import statistics
 import time
 
 from selfplay.config import JudgeConfig
-from selfplay.judges.base import Judge, JudgeEnv, JudgeItem, Verdict, safe_judge
+from selfplay.judges.base import BaseJudge, Judge, JudgeEnv, JudgeItem, Policy, Verdict, safe_judge
 
 
 def _zscores(scores: list[float | None]) -> list[float | None]:
@@ -37,7 +37,7 @@ def aggregate(values: list[float], how: str, weight: float) -> float:
     return mean - weight * statistics.pvariance(values, mu=mean)
 
 
-class EnsembleJudge:
+class EnsembleJudge(BaseJudge):
     """Judges each batch with every member, then combines their (normalised) scores."""
 
     name = "ensemble"
@@ -47,19 +47,19 @@ class EnsembleJudge:
 
         self.cfg = cfg.ensemble
         self.members: list[Judge] = [make_judge(m, env) for m in self.cfg.members]
-        self.needs_siblings = any(getattr(m, "needs_siblings", False) for m in self.members)
+        self.needs_siblings = any(m.needs_siblings for m in self.members)
+        self.needs_policy = any(m.needs_policy for m in self.members)
 
     def close(self) -> None:
-        """Close the members that hold resources (the api judge's client and loop)."""
+        """Close every member (the api judge's client and loop, a reward model)."""
         for member in self.members:
-            close = getattr(member, "close", None)
-            if close is not None:
-                close()
+            member.close()
 
-    def judge(self, items: list[JudgeItem]) -> list[Verdict]:
-        """Every member judges every item; an item fails only when every member failed it."""
+    def judge(self, items: list[JudgeItem], policy: Policy | None = None) -> list[Verdict]:
+        """Every member judges every item (those that ask the policy get `policy`); an item
+        fails only when every member failed it."""
         start = time.perf_counter()
-        per_member = [safe_judge(m, items) for m in self.members]
+        per_member = [safe_judge(m, items, policy) for m in self.members]
         raw = [[v.score if v.status == "ok" else None for v in vs] for vs in per_member]
         normed = [_zscores(col) for col in raw] if self.cfg.normalize == "z" else raw
         latency = (time.perf_counter() - start) / max(len(items), 1)

@@ -1,5 +1,5 @@
 """Judge meta-evaluation: how far a judge agrees with the task's verifier, how position-biased
-a pairwise judge is. Pure functions of a round's judgments; the pair stage stores the figures
+a pairwise judge is. Pure functions of a round's judgments; the judge stage stores the figures
 as metrics of stage `judge_eval` and `selfplay status` shows them.
 """
 
@@ -50,3 +50,26 @@ def position_bias_rate(traces: Iterable[dict[str, Any] | None]) -> tuple[float |
                 total += 1
                 flips += bool(c["position_flip"])
     return (flips / total if total else None), total
+
+
+def judge_eval_metrics(
+    status_counts: dict[str, int],
+    checked: Iterable[Checked] | None,
+    traces: Iterable[dict[str, Any] | None],
+) -> dict[str, float]:
+    """A round's judge meta-evaluation figures: `failed_rate` (the failed share of its
+    judgments); with `checked` (a verifiable task, a judge other than the verifier)
+    `verifier_agreement` and `agreement_pairs`; for a pairwise judge's `traces`,
+    `position_bias_rate` and `comparisons`. A figure with nothing to measure is absent."""
+    values: dict[str, float] = {}
+    total = sum(status_counts.values())
+    if total:
+        values["failed_rate"] = status_counts.get("failed", 0) / total
+    if checked is not None:
+        agreement, n_pairs = verifier_agreement(checked)
+        if agreement is not None:
+            values |= {"verifier_agreement": agreement, "agreement_pairs": float(n_pairs)}
+    bias, n_comparisons = position_bias_rate(traces)
+    if bias is not None:
+        values |= {"position_bias_rate": bias, "comparisons": float(n_comparisons)}
+    return values

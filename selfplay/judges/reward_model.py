@@ -15,10 +15,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from selfplay.config import JudgeConfig
 from selfplay.devices import default_device
-from selfplay.judges.base import JudgeEnv, JudgeItem, Verdict
+from selfplay.judges.base import BaseJudge, JudgeEnv, JudgeItem, Verdict
 
 
-class RewardModelJudge:
+class RewardModelJudge(BaseJudge):
     """Scores responses with a reward model loaded once (CUDA when available)."""
 
     name = "reward_model"

@@ -13,7 +13,7 @@ import time
 
 from selfplay.config import JudgeConfig
 from selfplay.generation.base import SamplingParams
-from selfplay.judges.base import JudgeEnv, JudgeItem, Verdict
+from selfplay.judges.base import BaseJudge, JudgeEnv, JudgeItem, Policy, Verdict
 
 # The additive rubric of Self-Rewarding LMs (2401.10020, Fig. 2), shortened so that it fits a
 # small context with the question and the answer.
@@ -59,19 +59,19 @@ def fill_template(template: str, prompt: str, response: str) -> str:
     return re.sub(r"\{prompt\}|\{response\}", lambda m: values[m.group(0)], template)
 
 
-class SelfJudge:
+class SelfJudge(BaseJudge):
     """Asks the round's policy to grade each response (0–5, additive rubric)."""
 
     name = "self"
+    needs_policy = True
 
     def __init__(self, cfg: JudgeConfig, env: JudgeEnv) -> None:
-        if env.policy is None:
-            raise ValueError("the self judge needs the run's policy (JudgeEnv.policy)")
-        self.cfg, self.policy, self.seed = cfg.self_judge, env.policy, env.seed
+        self.cfg, self.seed = cfg.self_judge, env.seed
         self.template = cfg.self_judge.prompt_template or ADDITIVE_PROMPT
 
-    def judge(self, items: list[JudgeItem]) -> list[Verdict]:
-        """One sampled verdict per item; a policy that cannot generate fails every item."""
+    def judge(self, items: list[JudgeItem], policy: Policy) -> list[Verdict]:
+        """One sampled verdict per item from `policy`; a policy that cannot generate fails
+        every item."""
         if not items:
             return []
         prompts = [fill_template(self.template, i.prompt.text, i.response) for i in items]
@@ -84,7 +84,7 @@ class SelfJudge:
         )
         start = time.perf_counter()
         try:
-            outputs = self.policy.generate(prompts, params)
+            outputs = policy.generate(prompts, params)
         except Exception as err:  # recorded, never raised
             return [Verdict.failure(f"policy failed to judge: {type(err).__name__}: {err}")] * len(
                 items
@@ -93,7 +93,7 @@ class SelfJudge:
         verdicts = []
         for (sample,) in outputs:
             score = parse_score(sample.text)
-            trace = {"judge_output": sample.text, "checkpoint": self.policy.path}
+            trace = {"judge_output": sample.text, "checkpoint": policy.path}
             if score is None:
                 verdicts.append(
                     Verdict.failure(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 from selfplay.config import JudgeConfig
-from selfplay.judges.base import JudgeEnv, JudgeItem, Verdict
+from selfplay.judges.base import BaseJudge, JudgeEnv, JudgeItem, Verdict
 
 
-class VerifierJudge:
+class VerifierJudge(BaseJudge):
     """Checks each response with `task.verify`; a checker error becomes a failed verdict."""
 
     name = "verifier"

@@ -6,7 +6,7 @@ import dataclasses
 
 from sqlalchemy import select
 
-from db import inspect as q
+from db import queries, summaries
 from db.engine import make_engine, session_factory, transaction
 from db.models import Round, RoundStatus, RoundSummaryRecord
 from selfplay.config import parse_config
@@ -19,30 +19,30 @@ class NoWork:
     """An executor whose stages find nothing left to do (the round's rows are all there)."""
 
     def __init__(self) -> None:
-        self.stages: list[str] = []
+        self.steps: list[str] = []
 
-    def run_stage(self, ctx: Context, stage: str, round_id: int) -> None:
-        self.stages.append(stage)
+    def run_step(self, ctx: Context, step: str, round_id: int) -> None:
+        self.steps.append(step)
 
 
 def test_finishing_a_round_stores_its_summary_equal_to_the_live_figures(seeded_url, tmp_path):
     engine = make_engine(seeded_url)
     sessions = session_factory(engine)
     with transaction(sessions) as s:
-        run = q.get_run(s, "demo")
-        rnd = q.get_round(s, run.id, 1)
+        run = queries.get_run(s, "demo")
+        rnd = queries.get_round(s, run.id, 1)
         rnd.status = RoundStatus.EVALUATING  # interrupted before it was marked done
         run_id, round_id = run.id, rnd.id
     cfg = parse_config({"run": {"output_dir": str(tmp_path)}})
-    ctx = Context(cfg, sessions, run_id, task=None, judge=None, reporter=SilentReporter())
+    ctx = Context(cfg, sessions, run_id, SilentReporter())
     executor = NoWork()
     run_round(ctx, round_id, executor)
-    assert executor.stages == [RoundStatus.EVALUATING]
+    assert executor.steps == ["evaluate"]
     with sessions() as s:
-        run, rnd = q.get_run(s, "demo"), s.get(Round, round_id)
+        rnd = s.get(Round, round_id)
         assert rnd.status == RoundStatus.DONE
-        stored = q.round_stats(s, run, rnd)
-        live = q.compute_round_stats(s, run, rnd)
+        stored = summaries.round_summary(s, run_id, rnd.index)
+        live = summaries.compute_round_summary(s, rnd)
         assert stored.summarized and not live.summarized
         assert stored == dataclasses.replace(live, summarized=True)
         assert (stored.pairs, stored.judgments, stored.judge_agreement) == (6, {"ok": 24}, 0.75)

@@ -11,9 +11,10 @@ from sqlalchemy import Engine
 from db import queries
 from db.engine import session_factory, transaction
 from db.models import Checkpoint, Round, RoundStatus, Run
+from selfplay.checkpoints import prune_checkpoints
 from selfplay.config import parse_config
-from selfplay.driver import ensure_round, next_policy, prune_checkpoints
-from selfplay.judges import JudgeItem, NoisyJudge, Verdict
+from selfplay.driver import ensure_round, next_policy
+from selfplay.judges import BaseJudge, JudgeItem, NoisyJudge, Verdict
 from selfplay.progress import SilentReporter
 from selfplay.stages import Context
 from selfplay.tasks.base import Prompt
@@ -46,7 +47,7 @@ def store(engine: Engine, tmp_path: Path, accuracies: list[float], **guards) -> 
                 )
             )
         run_id = run.id
-    return Context(cfg, sessions, run_id, task=None, judge=None, reporter=SilentReporter())
+    return Context(cfg, sessions, run_id, SilentReporter())
 
 
 def test_best_checkpoint_is_the_earliest_of_the_highest(engine: Engine, tmp_path: Path):
@@ -79,15 +80,15 @@ def test_stop_on_plateau_creates_no_round(engine: Engine, tmp_path: Path):
 
 def test_keep_last_deletes_all_but_sft_best_and_last(engine: Engine, tmp_path: Path):
     ctx = store(engine, tmp_path, [0.2, 0.3, 0.9, 0.4, 0.5, 0.6], keep_last=2)
-    deleted = prune_checkpoints(ctx)
+    deleted = prune_checkpoints(ctx.sessions, ctx.run_id, ctx.cfg.guards.keep_last)
     # Checkpoints -1..4: keep SFT (-1), best (1: 0.9), the last two (3, 4); delete 0 and 2.
     assert sorted(Path(p).name for p in deleted) == ["ckpt0", "ckpt2"]
     left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("ckpt"))
     assert left == ["ckpt-1", "ckpt1", "ckpt3", "ckpt4"]
-    assert prune_checkpoints(ctx) == []  # idempotent
+    assert prune_checkpoints(ctx.sessions, ctx.run_id, ctx.cfg.guards.keep_last) == []  # idempotent
 
 
-class Fixed:
+class Fixed(BaseJudge):
     name = "fixed"
 
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:

@@ -15,6 +15,7 @@ from db.models import Judgment, Prompt, Response, Round, Run
 from db.queries import scored_responses
 from selfplay.config import ConfigError, JudgeConfig, parse_config
 from selfplay.judges import (
+    BaseJudge,
     Comparison,
     JudgeEnv,
     JudgeItem,
@@ -25,14 +26,16 @@ from selfplay.judges import (
     safe_judge,
 )
 from selfplay.progress import SilentReporter
-from selfplay.stages import judge_responses, make_context, pair_round
+from selfplay.stages import Context
+from selfplay.stages.judge import judge_responses
+from selfplay.stages.pair import pair_round
 from selfplay.tasks.base import Prompt as TaskPrompt
 
 ITEMS = [JudgeItem(prompt=TaskPrompt(text="Q: 1+1"), response=r) for r in ("A: 2", "A: 3")]
 
 
-class Returns:
-    """A plug-in judge that returns `outputs` (one per item) whatever it is asked."""
+class Returns(BaseJudge):
+    """A judge that returns `outputs` (one per item) whatever it is asked."""
 
     name = "returns"
 
@@ -123,7 +126,7 @@ def _ctx(url: str, judge: str):
     sessions = session_factory(make_engine(url))
     with sessions() as s:
         run_id = s.scalar(select(Run.id).where(Run.name == "demo"))
-    return make_context(cfg, sessions, run_id, reporter=SilentReporter()), sessions
+    return Context(cfg, sessions, run_id, SilentReporter()), sessions
 
 
 def _round0(sessions) -> tuple[int, list]:

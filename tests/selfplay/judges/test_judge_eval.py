@@ -9,15 +9,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 from typer.testing import CliRunner
 
-from db import queries
 from db.engine import make_engine, session_factory
-from db.inspect import stage_metrics
 from db.models import Round, Run
+from db.summaries import stage_metrics
 from selfplay.cli import app
 from selfplay.config import JudgeConfig, parse_config
 from selfplay.judges import JudgeEnv, JudgeItem, Verdict
 from selfplay.progress import SilentReporter
-from selfplay.stages import judge_eval, make_context
+from selfplay.stages import Context, Engines
+from selfplay.stages.judge import store_judge_eval
 from selfplay.tasks.base import Prompt
 
 
@@ -47,10 +47,8 @@ def _evaluate_round_0(seeded_url: str) -> tuple[sessionmaker, int]:
     with sessions() as s:
         run_id = s.scalar(select(Run.id).where(Run.name == "demo"))
         round_id = s.scalar(select(Round.id).where(Round.run_id == run_id, Round.index == 0))
-        scored = queries.scored_responses(s, round_id, "llm")
-    ctx = make_context(cfg, sessions, run_id, SilentReporter())
-    ctx.task = SamplesTwoAndThreeAreRight()
-    judge_eval(ctx, round_id, scored)
+    engines = Engines(cfg, sessions, SamplesTwoAndThreeAreRight())
+    store_judge_eval(Context(cfg, sessions, run_id, SilentReporter(), engines), round_id)
     return sessions, run_id
 
 

@@ -18,7 +18,8 @@ from selfplay.judges import (
     resolve_factory,
 )
 from selfplay.progress import SilentReporter
-from selfplay.stages import judge_responses, make_context
+from selfplay.stages import Context
+from selfplay.stages.judge import judge_responses
 
 
 class LengthJudge:
@@ -80,7 +81,7 @@ def _ctx(url: str, judge: dict):
     sessions = session_factory(make_engine(url))
     with sessions() as s:
         run_id = s.scalar(select(Run.id).where(Run.name == "demo"))
-    return make_context(cfg, sessions, run_id, reporter=SilentReporter()), sessions
+    return Context(cfg, sessions, run_id, SilentReporter()), sessions
 
 
 def _round_responses(sessions) -> list:
@@ -120,7 +121,7 @@ def test_a_broken_judge_is_recorded_failed_and_the_stage_returns(
     todo = _round_responses(sessions)
     judge_responses(ctx, todo)  # does not raise
     with sessions() as s:
-        rows = s.scalars(select(Judgment).where(Judgment.judge == ctx.judge.name)).all()
+        rows = s.scalars(select(Judgment).where(Judgment.judge == ctx.engines.judge.name)).all()
     assert len(rows) == len(todo)
     assert {j.status for j in rows} == {"failed"}
     assert all(reason in j.error and j.score is None for j in rows)

@@ -10,7 +10,7 @@ import torch
 from selfplay.config import TinyModelConfig, parse_config
 from selfplay.generation.base import Sample, SamplingParams
 from selfplay.generation.hf import HFBackend
-from selfplay.judges import JudgeEnv, JudgeItem, PolicyHandle, make_judge
+from selfplay.judges import JudgeEnv, JudgeItem, Policy, make_judge
 from selfplay.judges.self_judge import ADDITIVE_PROMPT, fill_template, parse_score
 from selfplay.tasks.base import Prompt
 from selfplay.tiny_model import build_model, build_tokenizer
@@ -55,18 +55,16 @@ class ScriptedBackend:
         return [[Sample(a, [1] * len(a), 0.0, "stop")] for a in self.answers[: len(prompts)]]
 
 
-def _self_judge(backend) -> tuple:
-    policy = PolicyHandle(lambda: backend)
-    policy.path = "/ckpt/round-0"
+def _self_judge():
     cfg = parse_config({"judge": {"name": "self", "repeats": 3}}).judge
-    return make_judge(cfg, JudgeEnv(task=None, seed=7, policy=policy)), policy
+    return make_judge(cfg, JudgeEnv(task=None, seed=7))
 
 
 def test_scores_failures_and_a_seed_per_repeat():
     backend = ScriptedBackend(["Relevant and correct. Score: 4", "no idea"])
-    judge, _ = _self_judge(backend)
+    judge = _self_judge()
     items = [JudgeItem(Prompt("Q: 2+2="), "4", {"repeat": 2}), JudgeItem(Prompt("Q: 1+1="), "3")]
-    ok, failed = judge.judge(items)
+    ok, failed = judge.judge(items, Policy(backend, "/ckpt/round-0"))
     assert (ok.status, ok.score) == ("ok", 4.0)
     assert ok.trace == {
         "judge_output": "Relevant and correct. Score: 4",
@@ -88,10 +86,9 @@ def test_a_real_untrained_policy_gives_failed_judgments_with_its_text(tmp_path: 
         TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok
     ).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    backend = HFBackend()
-    judge, policy = _self_judge(backend)
-    policy.path = str(tmp_path)
-    verdicts = judge.judge([JudgeItem(Prompt("Q: 2+2="), "4"), JudgeItem(Prompt("Q: 3+3="), "6")])
+    judge = _self_judge()
+    items = [JudgeItem(Prompt("Q: 2+2="), "4"), JudgeItem(Prompt("Q: 3+3="), "6")]
+    verdicts = judge.judge(items, Policy(HFBackend(), str(tmp_path)))
     for v in verdicts:
         # A random model writes random characters: failed unless they happen to parse.
         assert v.status == "failed" or 0 <= v.score <= 5

@@ -18,19 +18,14 @@ from db.engine import make_engine, session_factory
 from db.migrate import upgrade
 from db.models import Judgment, Metric, Pair, Prompt, Response, Round, RoundStatus
 from selfplay.config import parse_config
-from selfplay.driver import ensure_initial_checkpoint, ensure_round, ensure_run
+from selfplay.driver import ensure_initial_checkpoint, ensure_round, ensure_run, round_recipe
 from selfplay.pairing import revision_pairs
 from selfplay.progress import SilentReporter
-from selfplay.stages import (
-    STAGE_FUNCTIONS,
-    generate_round,
-    judge_round,
-    make_context,
-    pair_round,
-    revise_round,
-    revision_plan,
-    revision_sample_index,
-)
+from selfplay.stages import STEPS, Context
+from selfplay.stages.generate import generate_round, insert_prompts
+from selfplay.stages.judge import judge_round
+from selfplay.stages.pair import pair_round
+from selfplay.stages.revise import revise_round, revision_plan, revision_sample_index
 
 K = 4
 # An untrained tiny model (no SFT: seconds, not minutes) writes random characters; a plug-in
@@ -99,10 +94,11 @@ def test_revise_stage_stores_links_judges_and_pairs_then_reruns_as_a_noop(
     engine = make_engine(db_url)
     upgrade(engine)
     sessions = session_factory(engine)
-    ctx = make_context(cfg, sessions, ensure_run(sessions, cfg), SilentReporter())
+    ctx = Context(cfg, sessions, ensure_run(sessions, cfg), SilentReporter())
     try:
         ensure_initial_checkpoint(ctx)
         round_id = ensure_round(ctx, 0)
+        insert_prompts(ctx, round_id)
         generate_round(ctx, round_id)
         judge_round(ctx, round_id)
 
@@ -121,7 +117,10 @@ def test_revise_stage_stores_links_judges_and_pairs_then_reruns_as_a_noop(
             assert critique == f"{int(r.score)} digits: write more digits"
 
         assert RoundStatus.ORDER.index("revising") == RoundStatus.ORDER.index("judging") + 1
-        STAGE_FUNCTIONS["revising"](ctx, round_id)
+        revising = [step for stage, step in round_recipe(cfg) if stage == RoundStatus.REVISING]
+        assert revising == ["revise", "judge"]  # the revisions are judged by the judge stage
+        for step in revising:
+            STEPS[step](ctx, round_id)
         pair_round(ctx, round_id)
 
         with sessions() as s:
@@ -177,6 +176,7 @@ def test_revise_stage_stores_links_judges_and_pairs_then_reruns_as_a_noop(
 
         before = counts()
         revise_round(ctx, round_id)
+        judge_round(ctx, round_id)
         pair_round(ctx, round_id)
         assert counts() == before
     finally:
@@ -190,7 +190,8 @@ def test_revise_is_off_by_default_and_the_stage_then_does_nothing(tmp_path: Path
     engine = make_engine(db_url)
     upgrade(engine)
     sessions = session_factory(engine)
-    ctx = make_context(cfg, sessions, ensure_run(sessions, cfg), SilentReporter())
+    ctx = Context(cfg, sessions, ensure_run(sessions, cfg), SilentReporter())
+    assert RoundStatus.REVISING not in {stage for stage, _ in round_recipe(cfg)}
     revise_round(ctx, round_id=123456)  # disabled: it does not even look the round up
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(Prompt)) == 0

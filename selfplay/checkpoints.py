@@ -1,0 +1,77 @@
+"""The run's checkpoints on disk: where a round's is written, how (atomically), which one a
+log-prob source names, and which directories `guards.keep_last` deletes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.models import Checkpoint, Round, RoundStatus
+
+SFT_ROUND_INDEX = -1  # the initial policy's checkpoint row
+
+
+def round_checkpoint_dir(output_dir: Path, round_index: int) -> Path:
+    """Where round `round_index`'s trained policy is written."""
+    return output_dir.resolve() / "checkpoints" / f"round-{round_index:04d}"
+
+
+def save_checkpoint(model: object, tokenizer: object, target: Path) -> None:
+    """Write a Hugging Face checkpoint atomically: into a temp dir, then rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+def resolve_checkpoint(
+    session: Session, run_id: int, rnd: Round, source: Literal["previous", "sft"]
+) -> Checkpoint:
+    """The checkpoint a log-prob source names: "previous" (π_t, the round's policy) or "sft"
+    (the initial policy)."""
+    if source == "previous":
+        return rnd.policy_checkpoint
+    sft = queries.get_checkpoint(session, run_id, SFT_ROUND_INDEX)
+    assert sft is not None, "the initial checkpoint row is created before any round"
+    return sft
+
+
+def prune_checkpoints(
+    sessions: sessionmaker[Session], run_id: int, keep_last: int | None
+) -> list[str]:
+    """guards.keep_last: delete the run's checkpoint directories other than the SFT model's,
+    the best one, the last `keep_last` rounds' and any an unfinished round still needs;
+    returns deleted paths (none when `keep_last` is None). The rows stay (their metrics and
+    accuracies remain queryable)."""
+    if keep_last is None:
+        return []
+    with sessions() as s:
+        ckpts = s.scalars(
+            select(Checkpoint)
+            .where(Checkpoint.run_id == run_id, Checkpoint.round_index >= 0)
+            .order_by(Checkpoint.round_index)
+        ).all()
+        best = queries.best_checkpoint(s, run_id)
+        needed = set(
+            s.scalars(
+                select(Round.policy_checkpoint_id).where(
+                    Round.run_id == run_id, Round.status != RoundStatus.DONE
+                )
+            )
+        )
+        keep = {c.id for c in ckpts[-keep_last:]} | needed | ({best.id} if best else set())
+        doomed = [c.path for c in ckpts if c.id not in keep]
+    deleted = []
+    for path in doomed:
+        if Path(path).exists():
+            shutil.rmtree(path)
+            deleted.append(path)
+    return deleted

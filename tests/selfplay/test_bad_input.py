@@ -1,0 +1,102 @@
+"""User errors under `selfplay run` exit 2 with one line naming the field or file:line, before
+anything is written; what the run creates is readable by its owner only."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from db.engine import transaction
+from selfplay.cli import app
+from selfplay.driver import create_store
+
+runner = CliRunner()
+
+
+def _run(tmp_path: Path, config: dict) -> tuple[int, str]:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = runner.invoke(app, ["run", str(path), "--rounds", "1"], env={"COLUMNS": "300"})
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result.exit_code, result.output
+
+
+def _error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.startswith("error")]
+    assert len(lines) == 1, output
+    assert "Traceback" not in output
+    return lines[0]
+
+
+def test_a_broken_prompts_file_exits_2_naming_the_line_and_writes_nothing(tmp_path: Path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "fine"}\n{"prompt": \n')
+    store = tmp_path / "out" / "selfplay.db"
+    code, output = _run(
+        tmp_path,
+        {
+            "run": {"output_dir": str(tmp_path / "out")},
+            "task": {"name": "jsonl", "path": str(prompts)},
+            "store": {"url": f"sqlite:///{store}"},
+        },
+    )
+    assert code == 2
+    assert f"{prompts}, line 2: invalid JSON" in _error_line(output)
+    assert not store.exists()  # no run row: fixing the file then runs, not "a changed config"
+
+
+def test_an_output_dir_under_a_regular_file_exits_2_naming_the_field(tmp_path: Path):
+    (tmp_path / "file").write_text("not a directory")
+    code, output = _run(tmp_path, {"run": {"output_dir": str(tmp_path / "file" / "out")}})
+    assert code == 2
+    line = _error_line(output)
+    assert "run.output_dir: cannot create" in line and "Not a directory" in line
+
+
+def test_a_store_under_a_regular_file_exits_2_naming_the_field(tmp_path: Path):
+    (tmp_path / "file").write_text("not a directory")
+    code, output = _run(
+        tmp_path,
+        {
+            "run": {"output_dir": str(tmp_path / "out")},
+            "store": {"url": f"sqlite:///{tmp_path / 'file' / 'selfplay.db'}"},
+        },
+    )
+    assert code == 2
+    line = _error_line(output)
+    assert f"store.url: cannot create the store {tmp_path / 'file' / 'selfplay.db'}" in line
+    assert "File exists" in line  # the regular file is where its directory should be
+
+
+def test_the_store_and_its_wal_are_readable_by_the_owner_only(tmp_path: Path):
+    from sqlalchemy.orm import sessionmaker
+
+    path = tmp_path / "new" / "selfplay.db"
+    engine = create_store(f"sqlite:///{path}")
+    with transaction(sessionmaker(engine)) as s:
+        s.execute(text("CREATE TABLE canary (x INTEGER)"))
+        s.execute(text("INSERT INTO canary VALUES (1)"))
+        wal = path.with_name(path.name + "-wal")
+        shm = path.with_name(path.name + "-shm")
+        assert wal.exists() and shm.exists()
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (path, wal, shm)}
+    engine.dispose()
+    assert set(modes.values()) == {0o600}, modes
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_the_output_dir_is_created_private(tmp_path: Path, existing: bool):
+    from selfplay.driver import _create_private_dir
+
+    out = tmp_path / "runs" / "x"
+    if existing:
+        out.mkdir(parents=True, mode=0o755)
+    _create_private_dir(out, "run.output_dir")
+    # A new directory is private; an existing one is the user's choice and is kept.
+    assert stat.S_IMODE(out.stat().st_mode) == (0o755 if existing else 0o700)
