@@ -3,9 +3,10 @@
 Started by `selfplay.sandbox.supervisor` as `python -I -S -B launcher.py WORKDIR STATUS_FD
 WALL_S CPU_S MEMORY_MB PROCESSES FILE_MB OPEN_FILES` (stdlib only, and as few imports as it
 can: its start-up is part of every sandboxed run). It enters the namespaces
-the kernel allows, forks the program's process (the new PID namespace's pid 1), which makes
-the mounts private and read-only, applies the rlimits, drops to a throwaway uid when root and
-execs the interpreter on the program with an empty environment. The launcher waits for it,
+the kernel allows, forks the program's process (the new PID namespace's pid 1), which gives
+itself a private root (`_private_root`) and makes every mount read-only but its working
+directory, applies the rlimits, drops to a throwaway uid when root and execs the interpreter on
+the program with an empty environment. The launcher waits for it,
 kills it at the wall timeout (or on SIGTERM from the supervisor) and reports JSON lines on
 the status fd: the program's pid, the uid it ran as, which containment layers held, and how
 it ended with its CPU time, as `key=repr(value)` lines (`read_status` parses them).
@@ -35,6 +36,15 @@ _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 _MS_MOVE, _MS_BIND, _MS_REC, _MS_PRIVATE = 8192, 4096, 16384, 1 << 18
 _SYS_MOUNT_SETATTR, _AT_FDCWD, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 1
 _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
+_MNT_DETACH = 2
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}  # not the same: looked up by machine
+
+# What the program's private root holds besides the interpreter, its working directory and a
+# private /proc: the system's programs and shared libraries, the loader's cache, a few devices.
+_SYSTEM_PATHS = (
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache",
+    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
+)  # fmt: skip
 
 
 class _Limits:
@@ -142,12 +152,14 @@ def _enter_program(
         held["mount_namespace"] = False  # mounts would propagate back: touch nothing
     exe = os.path.realpath(sys.executable)
     if held["mount_namespace"]:
-        if root:
-            _expose_interpreter(libc, workdir)
-        held["private_proc"] = held["pid_namespace"] and _mount_private_proc(libc)
+        held["private_root"] = _private_root(libc, workdir, exe, held)
+        if not held["private_root"]:
+            if root:
+                _expose_interpreter(libc, workdir)
+            held["private_proc"] = held["pid_namespace"] and _mount_private_proc(libc, "/proc")
         held["read_only_outside_workdir"] = _read_only_except(libc, workdir)
     else:
-        held["private_proc"] = held["read_only_outside_workdir"] = False
+        held["private_root"] = held["private_proc"] = held["read_only_outside_workdir"] = False
     if root:
         uid = SANDBOX_UID_BASE + launcher
         for path in (workdir, os.path.join(workdir, PROGRAM)):
@@ -221,6 +233,85 @@ def _only_loopback() -> bool:
     return names == ["lo"]
 
 
+def _private_root(libc: ctypes.CDLL, workdir: str, exe: str, held: dict[str, bool]) -> bool:
+    """Make the root a tmpfs holding only what the program needs, bind-mounted in place: the
+    interpreter (prefix; executable and pyvenv.cfg if elsewhere), the libraries this process
+    has loaded, `_SYSTEM_PATHS`, /proc (the private one with a PID namespace, mounted while the
+    old root still shows one, as a user namespace requires: `held["private_proc"]`) and the
+    working directory. The home directory, other temporary files, run directories and stores
+    are then not there at all. Staged inside the working directory, then `pivot_root`ed to,
+    the old root detached. False, nothing changed, where a step is refused (or pivot_root's
+    number is unknown on this machine)."""
+    pivot = _SYS_PIVOT_ROOT.get(os.uname().machine)
+    if pivot is None:
+        return False
+    stage = os.path.join(workdir, ".root")
+    os.mkdir(stage, 0o700)
+    try:
+        _mount(libc, "tmpfs", stage, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755")
+        for path in _needed_paths(exe):
+            _bind_into(libc, stage, path, recursive=True)
+        # Not recursive: the staged root mounted inside it stays out of the new root.
+        _bind_into(libc, stage, workdir, recursive=False)
+        _make_dirs(stage + "/proc")
+        proc = held["pid_namespace"] and _mount_private_proc(libc, stage + "/proc")
+    except OSError:
+        libc.umount2(stage.encode(), _MNT_DETACH)
+        os.rmdir(stage)
+        return False
+    os.chdir(stage)
+    if libc.syscall(pivot, b".", b".") != 0:  # the old root now lies over the new one
+        os.chdir("/")
+        libc.umount2(stage.encode(), _MNT_DETACH)
+        os.rmdir(stage)
+        return False
+    if libc.umount2(b".", _MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"detaching the old root: {os.strerror(err)}")
+    os.chdir("/")
+    os.rmdir(stage)  # the staging mount point, seen from the new root: an empty directory
+    held["private_proc"] = proc
+    return True
+
+
+def _needed_paths(exe: str) -> list[str]:
+    """The paths the private root binds, outermost only (one under another is left out)."""
+    wanted = {*_SYSTEM_PATHS, exe}
+    wanted |= {os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}
+    bindir = os.path.dirname(exe)
+    wanted |= {os.path.join(d, "pyvenv.cfg") for d in (bindir, os.path.dirname(bindir))}
+    with open("/proc/self/maps") as fh:  # shared libraries, wherever this system keeps them
+        wanted |= {f.split(None, 5)[5].rstrip("\n") for f in fh if len(f.split(None, 5)) == 6}
+    out: list[str] = []
+    for path in sorted(p for p in wanted if p.startswith("/") and os.path.lexists(p)):
+        if not any(path.startswith(kept + "/") for kept in out):
+            out.append(path)
+    return out
+
+
+def _bind_into(libc: ctypes.CDLL, root: str, path: str, recursive: bool) -> None:
+    """`path` at the same place under `root`: a symlink copied, anything else bind-mounted."""
+    target = root + path
+    _make_dirs(os.path.dirname(target))
+    if os.path.islink(path):
+        os.symlink(os.readlink(path), target)
+        return
+    if os.path.isdir(path):
+        _make_dirs(target)
+    else:
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
+    _mount(libc, path, target, None, _MS_BIND | (_MS_REC if recursive else 0))
+
+
+def _make_dirs(path: str) -> None:
+    """Create the missing directories of `path`, each 0755 whatever the umask."""
+    if os.path.isdir(path):
+        return
+    _make_dirs(os.path.dirname(path))
+    os.mkdir(path)
+    os.chmod(path, 0o755)
+
+
 def _expose_interpreter(libc: ctypes.CDLL, workdir: str) -> None:
     """Let the throwaway uid run this interpreter when an ancestor of its prefix is closed to
     other users (e.g. pyenv under /root, mode 0700): in the mount namespace, that ancestor is
@@ -254,10 +345,11 @@ def _mount(
         raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
 
 
-def _mount_private_proc(libc: ctypes.CDLL) -> bool:
-    """A /proc that shows the sandbox's own PID namespace only (no other process's environ)."""
+def _mount_private_proc(libc: ctypes.CDLL, target: str) -> bool:
+    """A proc at `target` that shows the sandbox's own PID namespace only (no other process's
+    environ)."""
     flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-    return libc.mount(b"proc", b"/proc", b"proc", flags, None) == 0
+    return libc.mount(b"proc", target.encode(), b"proc", flags, None) == 0
 
 
 class _MountAttr(ctypes.Structure):

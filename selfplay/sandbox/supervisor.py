@@ -11,11 +11,17 @@ the kernel allows, then execs the interpreter on the code:
   `max_output_chars` per stream (head and tail kept) and the program killed once it has
   written `max_output_bytes`; the directory is deleted afterwards.
 - namespaces (as root with CAP_SYS_ADMIN, or as a user where unprivileged user namespaces are
-  enabled; docs/judges.md has the table of what holds where): a new
-  network namespace (no interface but a downed loopback: no network at all, localhost
-  included), a new PID namespace (the code runs as its pid 1, so every process it forks dies
-  with it, even one that called setsid) with a private /proc, and a new mount namespace in
-  which every mount is read-only except the temporary directory.
+  enabled; docs/judges.md has the table of what holds where): a new network namespace (no
+  interface but a downed loopback: no network at all, localhost included), a new PID
+  namespace (the code runs as its pid 1, so every process it forks dies with it, even one
+  that called setsid) with a private /proc, and a new mount namespace whose root is private:
+  a tmpfs holding only the interpreter, the system's libraries (/usr, /lib…, the loader's
+  cache), a few devices and the temporary directory, so the home directory, other temporary
+  files, the runs' output directories and the store are not there to read; every mount in it
+  is read-only except the temporary directory. Where that root cannot be built (pivot_root
+  refused or unknown on the machine) the mount namespace still makes every mount read-only
+  but the code sees the machine's files as its uid may read them; without a mount namespace
+  at all, it sees them writable too where its uid may write.
 - as root: the code runs under a throwaway uid (`SANDBOX_UID_BASE` + the launcher's pid) with
   no groups and no capabilities, so RLIMIT_NPROC holds (the kernel does not enforce it for
   uid 0) and counts this sandbox's processes only.
