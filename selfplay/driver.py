@@ -222,13 +222,14 @@ def run_loop(
     _create_private_dir(cfg.run.output_dir, "run.output_dir")
     engine = create_store(cfg.db_url)
     sessions = session_factory(engine)
-    ctx = Context(cfg, sessions, ensure_run(sessions, cfg), reporter, Engines(cfg, sessions, task))
+    engines = Engines(cfg, sessions, task)
     try:
         executor = make_executor(cfg.executor)
         if cfg.executor.broker_url is None:
-            # This process judges: build the judge now, so that a plug-in whose factory
-            # raises fails before the SFT and the first round, not after them.
-            ctx.engines.build_judge()
+            # This process judges: build the judge before the run row is written, so that a
+            # plug-in whose factory raises fails first, and its fix is not a changed config.
+            engines.build_judge()
+        ctx = Context(cfg, sessions, ensure_run(sessions, cfg), reporter, engines)
         initial = ensure_initial_checkpoint(ctx)
         accuracy = evaluate_checkpoint(ctx, initial, -1)
         reporter.line(f"initial policy: held-out accuracy {format_accuracy(accuracy)}")
@@ -263,6 +264,6 @@ def run_loop(
         with sessions() as s:
             rounds_done = summaries.round_summaries(s, ctx.run_id)
     finally:
-        ctx.close()
+        engines.close()
         engine.dispose()
     return rounds_done

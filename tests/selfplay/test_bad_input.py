@@ -100,3 +100,32 @@ def test_the_output_dir_is_created_private(tmp_path: Path, existing: bool):
     _create_private_dir(out, "run.output_dir")
     # A new directory is private; an existing one is the user's choice and is kept.
     assert stat.S_IMODE(out.stat().st_mode) == (0o755 if existing else 0o700)
+
+
+def test_a_judge_factory_that_raises_exits_2_before_the_run_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    (tmp_path / "exploding_judge.py").write_text(
+        "class Exploding:\n"
+        "    def __init__(self, cfg, env):\n"
+        "        raise RuntimeError('cannot reach my model')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store = tmp_path / "out" / "selfplay.db"
+    code, output = _run(
+        tmp_path,
+        {
+            "run": {"output_dir": str(tmp_path / "out")},
+            "judge": {"name": "exploding_judge:Exploding"},
+            "store": {"url": f"sqlite:///{store}"},
+        },
+    )
+    assert code == 2
+    assert _error_line(output) == (
+        "error: judge.name: the factory of judge 'exploding_judge:Exploding' raised "
+        "RuntimeError: cannot reach my model"
+    )
+    engine = create_store(f"sqlite:///{store}")
+    with engine.connect() as conn:  # no run row: fixing the judge is not a changed config
+        assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 0
+    engine.dispose()
