@@ -35,6 +35,7 @@ from db.judge_cache import CachedAnswer, cached_responses, store_answers
 from selfplay.config import ConfigError, JudgeConfig
 from selfplay.judges.api_client import Answer, ChatClient
 from selfplay.judges.base import (
+    BaseJudge,
     Comparison,
     JudgeEnv,
     JudgeItem,
@@ -129,7 +130,7 @@ class _AtRepeat:
         return self.judge._compare(items, self.repeat)
 
 
-class ApiJudge:
+class ApiJudge(BaseJudge):
     """An OpenAI-compatible chat model as judge; see the module docstring for the contract."""
 
     name = "api"

@@ -24,7 +24,7 @@ from dataclasses import asdict
 from typing import Any
 
 from selfplay.config import JudgeConfig, ToolJudgeConfig
-from selfplay.judges.base import JudgeEnv, JudgeItem, Verdict
+from selfplay.judges.base import BaseJudge, JudgeEnv, JudgeItem, Verdict
 from selfplay.sandbox import Limits, extract_code, run_python, run_unit_tests
 from selfplay.tasks.base import UnitTestedTask
 
@@ -46,7 +46,7 @@ def limits_of(cfg: ToolJudgeConfig) -> Limits:
     )
 
 
-class ToolJudge:
+class ToolJudge(BaseJudge):
     """Runs unit tests or evaluates arithmetic in the sandbox; never raises from `judge`."""
 
     name = "tool"
