@@ -28,6 +28,27 @@ TINY = {
 }
 
 
+LENGTH_JUDGE = """
+from selfplay.judges import BaseJudge, Verdict
+
+
+class Length(BaseJudge):
+    name = "length"
+
+    def __init__(self, cfg, env):
+        pass
+
+    def judge(self, items):
+        return [Verdict("ok", score=float(len(i.response))) for i in items]
+"""
+
+
+@pytest.fixture
+def length_judge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "length_judge.py").write_text(LENGTH_JUDGE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
 @dataclass
 class RoundStore:
     """Round 0 of run `stages` over an untrained tiny model; its output checkpoint is the
