@@ -96,6 +96,12 @@ class PluginJudge(BaseJudge):
         if self._close is not None:
             self._close()
 
+    def __getattr__(self, name: str) -> object:
+        # Everything else (`compare` of a pairwise plug-in, its own attributes) is the plug-in's.
+        if name == "inner":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
 
 class NoisyJudge(BaseJudge):
     """Label noise for robustness experiments: flips a fraction of a 0/1 judge's verdicts.

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from db.models import Checkpoint, Metric, Round
 from selfplay.generation.base import SamplingParams
-from selfplay.judges import BaseJudge, JudgeItem, Policy, Verdict
+from selfplay.judges import BaseJudge, Comparison, JudgeItem, Policy, Verdict
 from selfplay.stages.evaluate import evaluate_round
 
 ASKS_POLICY_JUDGE = '''
@@ -106,6 +106,12 @@ def test_a_plugin_is_given_the_protocol_defaults():
         def judge(self, items):
             return [Verdict("ok", score=0.5) for _ in items]
 
+    class Pairwise(Bare):
+        def compare(self, items):
+            return [Comparison("ok", prob=0.75) for _ in items]
+
+    pairwise = PluginJudge(Pairwise())
+    assert pairwise.compare([None])[0].prob == 0.75  # a pairwise plug-in keeps compare
     judge = PluginJudge(Bare())
     assert (judge.name, judge.needs_siblings, judge.needs_policy) == ("bare", False, False)
     judge.close()  # no-op: the plug-in has no close
