@@ -9,7 +9,7 @@ from db import queries
 from db.engine import transaction
 from db.models import Judgment, Metric, Prompt, Response
 from selfplay.faults import commit_point
-from selfplay.judges.base import JudgeItem, Policy, safe_judge
+from selfplay.judges.base import JudgeItem, Policy, Verdict, safe_judge
 from selfplay.judges.meta_eval import Checked, judge_eval_metrics
 from selfplay.stages.context import Context, get_round, metric_rows
 from selfplay.tasks.base import Prompt as TaskPrompt
@@ -30,6 +30,14 @@ def _siblings(ctx: Context, pairs: list[tuple[Response, Prompt]]) -> dict[int, l
     for rid, pid, text in rows:
         by_prompt.setdefault(pid, []).append((rid, text))
     return {r.id: [text for rid, text in by_prompt.get(p.id, []) if rid != r.id] for r, p in pairs}
+
+
+_VERDICT_COLUMNS = ("status", "score", "critique", "trace", "error", "latency_s", "tokens", "cost")
+
+
+def _verdict_columns(verdict: Verdict) -> dict:
+    """The `judgments` columns a verdict fills."""
+    return {column: getattr(verdict, column) for column in _VERDICT_COLUMNS}
 
 
 def round_policy(ctx: Context, round_id: int) -> Policy | None:
@@ -65,19 +73,7 @@ def judge_responses(
     ]
     verdicts = safe_judge(judge, items, policy)
     rows = [
-        dict(
-            response_id=r.id,
-            judge=judge.name,
-            repeat=repeat,
-            status=v.status,
-            score=v.score,
-            critique=v.critique,
-            trace=v.trace,
-            error=v.error,
-            latency_s=v.latency_s,
-            tokens=v.tokens,
-            cost=v.cost,
-        )
+        dict(response_id=r.id, judge=judge.name, repeat=repeat, **_verdict_columns(v))
         for (r, _), v in zip(pairs, verdicts, strict=True)
     ]
     with transaction(ctx.sessions) as s:
