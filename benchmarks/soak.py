@@ -6,7 +6,7 @@ and Redis) at random times, each resumed, then the store compared with an uninte
 No fault hook (SELFPLAY_KILL_AT is removed from every child's environment): each kill is
 `os.killpg(pgid, SIGKILL)` of a process group from outside, at a uniformly random time.
 
-The config is configs/quickstart.yaml reduced (2 rounds, 128 prompts a round in blocks of 16,
+The config is configs/quickstart.yaml reduced (2 rounds, 256 prompts a round in blocks of 32,
 200 held-out prompts, ≤ 60 training steps, SFT capped at 800 steps); SELFPLAY_CACHE_DIR (a
 fresh directory when unset) is shared by every run, so the SFT model is built once, during the
 first reference run, and its seconds are left out of the reference's wall time.
@@ -20,12 +20,14 @@ is finished uninterrupted. Every trial's store is then compared with the referen
 
 Distributed pass (PostgreSQL schema per run, a redis-server of the script's own on a free port
 with appendonly and fsync always, one `selfplay worker` per queue: generate, judge, train): an
-uninterrupted distributed reference (time T_d), then a trial whose events are at sorted times
-drawn from U(0, T_d) after the trial's start: SIGKILL of the driver (rerun at once), of each
-worker's process group (restarted at once; its unacknowledged task is redelivered after
-executor.visibility_timeout_s) and one Redis restart (SIGKILL, then the same port and
-directory). Events left when the driver finishes go to a next trial. The distributed
-reference is also compared with the embedded one (the modes are expected equal row for row).
+uninterrupted distributed reference (time T_d), then trials on fresh schemas whose events come
+each U(0, T_d) after the previous one (or the trial's start): SIGKILL of the driver (rerun at
+once), of a worker's process group (restarted at once; a task it held unacknowledged is
+redelivered after executor.visibility_timeout_s) and one Redis restart (SIGKILL, then the same
+port and directory). The events are the driver and each worker once in a random order, more
+picked at random up to --distributed-kills, and the Redis restart at a random place among them.
+Events left when the driver finishes go to the next trial. The distributed reference is also
+compared with the embedded one (the modes are expected equal row for row).
 
 Comparison, by content on natural keys (no ids, timestamps or wall times): prompts (round,
 index, text, answer); responses (round, prompt index, sample index, text, token ids, tokens,
@@ -106,6 +108,13 @@ def write_config(base: dict, path: Path, output_dir: Path, **sections: dict) -> 
 
 
 def engine_for(url: str):  # noqa: ANN201 - an Engine; NullPool: nothing held between calls
+    """An engine on `url`; a SQLite store is opened read-only (never created by a probe: the run
+    creates its own, with its own permissions). FileNotFoundError when it does not exist yet."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        url = f"sqlite:///file:{path}?mode=ro&uri=true"
     return create_engine(url, poolclass=NullPool)
 
 
@@ -234,12 +243,17 @@ def is_timing(stage: str, name: str) -> bool:
     return stage.startswith("task_") or bool(TIMING.search(name))
 
 
-def progress(url: str) -> str:
-    """Where the run is: the last round's status and its rows so far (for the kill lines)."""
-    engine = engine_for(url)
+def progress(url: str) -> tuple[str, str]:
+    """Where the run is, read from its store: (stage, description). The stage is `startup`
+    before the first round row (imports, migration, loading the SFT model, its evaluation),
+    else the last round's status."""
+    try:
+        engine = engine_for(url)
+    except FileNotFoundError:
+        return "startup", "no store yet"
     try:
         if not inspect(engine).has_table("rounds"):
-            return "no store yet"
+            return "startup", "no tables yet"
         with engine.connect() as c:
             rows = list(
                 c.execute(
@@ -251,7 +265,7 @@ def progress(url: str) -> str:
                 )
             )
             if not rows:
-                return "no round yet (SFT / setup)"
+                return "startup", "no round yet"
             rid, index, status = rows[-1]
             counts = [
                 c.execute(text(f"SELECT count(*) FROM {table} WHERE round_id = {rid}")).scalar()
@@ -263,12 +277,12 @@ def progress(url: str) -> str:
                     f"(SELECT id FROM responses WHERE round_id = {rid})"
                 )
             ).scalar()
-            return (
+            return status, (
                 f"round {index} {status}: {counts[0]} responses, {judged} judgments, "
                 f"{counts[1]} pairs"
             )
     except Exception as e:  # noqa: BLE001 - a diagnostic line, never fatal
-        return f"store unreadable ({type(e).__name__})"
+        return "unknown", f"store unreadable ({type(e).__name__}: {e})"
     finally:
         engine.dispose()
 
@@ -362,6 +376,7 @@ class Trial:
     finished: bool = False
     comparison: dict[str, str] = field(default_factory=dict)
     events: Counter = field(default_factory=Counter)  # kills by target
+    stages: Counter = field(default_factory=Counter)  # kills by the run's stage at the kill
 
     @property
     def equal(self) -> bool:
@@ -414,10 +429,11 @@ def embedded_pass(args: argparse.Namespace, base: dict, work: Path, cache: Path)
             logfile = work / f"embedded-soak-{n}-attempt-{attempt}.log"
             proc = selfplay_run(config, logfile)
             outcome, seconds = wait_or_kill(proc, kill_at, args.hang_factor * t_ref + 120)
-            where = progress(trial.url)
+            stage, where = progress(trial.url)
             if outcome == "killed":
                 kills += 1
                 trial.events["selfplay run"] += 1
+                trial.stages[stage] += 1
                 line = f"SIGKILL {kills}/{args.kills} at {seconds:.1f} s ({where})"
                 trial.kills.append(line)
                 log(f"{trial.name} attempt {attempt}: {line}")
@@ -590,9 +606,10 @@ def run_distributed_trial(
     args: argparse.Namespace,
     work: Path,
 ) -> None:
-    """Drive one trial: fire `targets` (consumed from the front) at sorted U(0, t_ref) times."""
-    times = sorted(rng.uniform(0, t_ref) for _ in targets)
+    """Drive one trial: fire `targets` (consumed from the front), each U(0, t_ref) seconds after
+    the previous event (or the trial's start), until the driver finishes."""
     start = time.monotonic()
+    next_at = rng.uniform(0, t_ref)
     attempt = 1
     logs = config.parent / f"{config.stem}-logs"
     driver = selfplay_run(config, logs / f"driver-{attempt}.log")
@@ -604,7 +621,7 @@ def run_distributed_trial(
                 trial.finished = True
                 log(f"{trial.name}: driver finished at {now:.1f} s (attempt {attempt})")
                 return
-            where = progress(trial.url)
+            _, where = progress(trial.url)
             trial.failures.append(f"driver attempt {attempt} exited {driver.returncode} ({where})")
             log(f"{trial.name}: DRIVER FAILED, exit {driver.returncode} ({where})")
             log(tail(logs / f"driver-{attempt}.log", 20))
@@ -619,15 +636,15 @@ def run_distributed_trial(
                 log(f"{trial.name}: WORKER {queue} DIED (exit {proc.returncode}); restarting")
                 cluster.start(queue)
         if now > limit:
-            where = progress(trial.url)
+            _, where = progress(trial.url)
             trial.failures.append(f"hung: not finished after {now:.0f} s ({where})")
             log(f"{trial.name}: HUNG after {now:.0f} s ({where})\n{cluster.log_tails()}")
             kill_group(driver)
             return
-        if times and targets and now >= times[0]:
-            times.pop(0)
+        if targets and now >= next_at:
+            next_at = now + rng.uniform(0, t_ref)
             target = targets.pop(0)
-            where = progress(trial.url)
+            stage, where = progress(trial.url)
             if target == "driver":
                 kill_group(driver)
                 attempt += 1
@@ -648,6 +665,7 @@ def run_distributed_trial(
                     state = f"had exited {was}"
                 what = f"SIGKILL worker {target} ({state}), restarted"
             trial.events[target] += 1
+            trial.stages[stage] += 1
             line = f"{what} at {now:.1f} s ({where})"
             trial.kills.append(line)
             log(f"{trial.name}: {line}")
@@ -687,6 +705,13 @@ def report(args: argparse.Namespace, embedded: dict | None, dist: dict | None) -
             f"| {name} | **{survived} / {tried}** ({detail}) | {failed} | {len(trials)} "
             f"| {equal} / {compared} | {res['t_ref']:.0f} s | {res['wall']:.0f} s |"
         )
+    for name, res in (("embedded", embedded), ("distributed", dist)):
+        if res is not None:
+            stages = Counter()
+            for t in res["trials"]:
+                stages.update(t.stages)
+            hit = ", ".join(f"{k} {v}" for k, v in stages.most_common())
+            print(f"\n{name}: the run's stage at the kills: {hit}")
     ref = (embedded or dist)["reference"]
     print(
         "\n| table | rows (reference) | "
@@ -736,8 +761,8 @@ def main() -> None:
     parser.add_argument("--skip-embedded", action="store_true")
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--prompts-per-round", type=int, default=128)
-    parser.add_argument("--prompts-per-batch", type=int, default=16)
+    parser.add_argument("--prompts-per-round", type=int, default=256)
+    parser.add_argument("--prompts-per-batch", type=int, default=32)
     parser.add_argument("--heldout-size", type=int, default=200)
     parser.add_argument("--max-steps", type=int, default=60)
     parser.add_argument("--sft-steps", type=int, default=800)
