@@ -16,7 +16,10 @@ fresh store; each attempt runs `python -m selfplay run CONFIG` in a process grou
 and SIGKILLs the group at t ~ U(0, T) after its start, unless it exits first; a killed attempt
 is followed by the same command again. An attempt that exits before its kill time ends the
 trial; a new trial starts while fewer than N kills have happened. After the N-th kill the trial
-is finished uninterrupted. Every trial's store is then compared with the reference's.
+is finished uninterrupted. Every trial's store is then compared with the reference's. On a
+shared box the same run's wall time moves several-fold with the other jobs' load, so T is
+replaced by the wall time of any later trial that ran whole before its kill (the same in the
+distributed pass: a trial that finished before its first event sets T_d).
 
 Distributed pass (PostgreSQL schema per run, a redis-server of the script's own on a free port
 with appendonly and fsync always, one `selfplay worker` per queue: generate, judge, train): an
@@ -416,6 +419,7 @@ def embedded_pass(args: argparse.Namespace, base: dict, work: Path, cache: Path)
     start = time.monotonic()
     trials: list[Trial] = []
     kills = 0
+    scale = t_ref  # kill times are U(0, scale): the latest uninterrupted run's wall time
     while kills < args.kills or not trials or not trials[-1].finished:
         n = len(trials) + 1
         out_dir = work / f"embedded-soak-{n}"
@@ -425,7 +429,7 @@ def embedded_pass(args: argparse.Namespace, base: dict, work: Path, cache: Path)
         attempt = 0
         while not trial.finished:
             attempt += 1
-            kill_at = rng.uniform(0, t_ref) if kills < args.kills else None
+            kill_at = rng.uniform(0, scale) if kills < args.kills else None
             logfile = work / f"embedded-soak-{n}-attempt-{attempt}.log"
             proc = selfplay_run(config, logfile)
             outcome, seconds = wait_or_kill(proc, kill_at, args.hang_factor * t_ref + 120)
@@ -444,6 +448,9 @@ def embedded_pass(args: argparse.Namespace, base: dict, work: Path, cache: Path)
                 trial.finished = True
                 note = "uninterrupted" if kill_at is None else f"before its kill at {kill_at:.1f}"
                 log(f"{trial.name} attempt {attempt}: finished in {seconds:.1f} s ({note})")
+                if attempt == 1:  # a whole run uninterrupted: the box's speed now
+                    scale = seconds
+                    log(f"kill times now U(0, {scale:.1f} s)")
             else:
                 trial.failures.append(
                     f"attempt {attempt} exited {proc.returncode} ({where}): {tail(logfile, 5)}"
@@ -566,6 +573,7 @@ def distributed_pass(
 
         start = time.monotonic()
         trials: list[Trial] = []
+        scale = t_ref  # event gaps are U(0, scale): the latest uninterrupted run's wall time
         while targets or not trials or not trials[-1].finished:
             n = len(trials) + 1
             url = schemas.new(f"t{n}")
@@ -574,8 +582,13 @@ def distributed_pass(
             trials.append(trial)
             cluster = start_cluster(config, work / f"dist-soak-{n}-logs")
             clusters.append(cluster)
-            run_distributed_trial(trial, config, cluster, server, targets, t_ref, rng, args, work)
+            seconds = run_distributed_trial(
+                trial, config, cluster, server, targets, scale, rng, args
+            )
             cluster.stop()
+            if trial.finished and not trial.kills:  # a whole run uninterrupted
+                scale = seconds
+                log(f"event gaps now U(0, {scale:.1f} s)")
             if not trial.finished:
                 break
             trial.comparison = compare(reference, snapshot(trial.url))
@@ -604,10 +617,9 @@ def run_distributed_trial(
     t_ref: float,
     rng: random.Random,
     args: argparse.Namespace,
-    work: Path,
-) -> None:
+) -> float:
     """Drive one trial: fire `targets` (consumed from the front), each U(0, t_ref) seconds after
-    the previous event (or the trial's start), until the driver finishes."""
+    the previous event (or the trial's start), until the driver finishes; the trial's seconds."""
     start = time.monotonic()
     next_at = rng.uniform(0, t_ref)
     attempt = 1
@@ -620,13 +632,13 @@ def run_distributed_trial(
             if driver.returncode == 0:
                 trial.finished = True
                 log(f"{trial.name}: driver finished at {now:.1f} s (attempt {attempt})")
-                return
+                return now
             _, where = progress(trial.url)
             trial.failures.append(f"driver attempt {attempt} exited {driver.returncode} ({where})")
             log(f"{trial.name}: DRIVER FAILED, exit {driver.returncode} ({where})")
             log(tail(logs / f"driver-{attempt}.log", 20))
             if len(trial.failures) >= 3:
-                return
+                return now
             attempt += 1
             driver = selfplay_run(config, logs / f"driver-{attempt}.log")
             continue
@@ -640,7 +652,7 @@ def run_distributed_trial(
             trial.failures.append(f"hung: not finished after {now:.0f} s ({where})")
             log(f"{trial.name}: HUNG after {now:.0f} s ({where})\n{cluster.log_tails()}")
             kill_group(driver)
-            return
+            return now
         if targets and now >= next_at:
             next_at = now + rng.uniform(0, t_ref)
             target = targets.pop(0)
