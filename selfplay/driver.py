@@ -231,7 +231,7 @@ def run_loop(
             engines.build_judge()
         ctx = Context(cfg, sessions, ensure_run(sessions, cfg), reporter, engines)
         initial = ensure_initial_checkpoint(ctx)
-        accuracy = evaluate_checkpoint(ctx, initial, -1)
+        accuracy = evaluate_checkpoint(ctx, initial, SFT_ROUND_INDEX)
         reporter.line(f"initial policy: held-out accuracy {format_accuracy(accuracy)}")
         for index in range(rounds or cfg.run.rounds):
             round_id = ensure_round(ctx, index)

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from db import queries
 from db.engine import transaction
 from db.models import Prompt, Response
+from selfplay.checkpoints import SFT_ROUND_INDEX
 from selfplay.faults import commit_point
 from selfplay.generation.base import SamplingParams
 from selfplay.stages.context import Context, derive_seed, get_round
@@ -41,7 +42,7 @@ def generate_block(ctx: Context, round_id: int, block: int, source: str = "polic
         rnd = get_round(s, round_id)
         policy = rnd.policy_checkpoint
         if source == "reference":
-            policy = queries.get_checkpoint(s, ctx.run_id, -1)
+            policy = queries.get_checkpoint(s, ctx.run_id, SFT_ROUND_INDEX)
         prompts = list(
             s.scalars(
                 select(Prompt)
