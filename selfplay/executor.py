@@ -1,8 +1,8 @@
 """Executors run a round's stages: in this process (the default) or as Celery tasks.
 
 The driver asks its executor to run each step of its recipe; both executors end in the same
-step functions (`selfplay.stages.STEPS`). The Celery one lives in `workers/` and is imported only when a broker is
-configured, so the embedded mode needs neither Celery nor Redis.
+step functions (`selfplay.stages.STEPS`). The Celery one lives in `workers/` and is imported
+only when a broker is configured, so the embedded mode needs neither Celery nor Redis.
 """
 
 from __future__ import annotations
