@@ -112,6 +112,9 @@ class Prompt(Base):
     index: Mapped[int]
     text: Mapped[str] = mapped_column(Text)
     answer: Mapped[str | None] = mapped_column(Text, doc="Reference answer, when the task has one.")
+    messages: Mapped[list[dict[str, str]] | None] = mapped_column(
+        JSON, doc="A conversation prompt's turns ({role, content}); null for a plain string."
+    )
 
 
 class Response(Base):

@@ -65,7 +65,7 @@ def judge_responses(
     siblings = _siblings(ctx, pairs) if judge.needs_siblings else {}
     items = [
         JudgeItem(
-            TaskPrompt(p.text, p.answer),
+            TaskPrompt.from_row(p.text, p.answer, p.messages),
             r.text,
             {"siblings": siblings[r.id], "repeat": repeat} if siblings else {"repeat": repeat},
         )
@@ -135,7 +135,7 @@ def store_judge_eval(ctx: Context, round_id: int) -> None:
         counts = queries.judgment_status_counts(s, round_id, name)
         scored = [r for r in queries.scored_responses(s, round_id, name) if r.revises_id is None]
         prompts = {
-            p.id: TaskPrompt(p.text, p.answer)
+            p.id: TaskPrompt.from_row(p.text, p.answer, p.messages)
             for p in s.scalars(
                 select(Prompt).where(Prompt.round_id == round_id, Prompt.index < n_prompts)
             )

@@ -11,12 +11,44 @@ if TYPE_CHECKING:
     from selfplay.sandbox import FunctionTests
 
 
+ROLES = ("system", "user", "assistant")
+
+
 @dataclass(frozen=True)
 class Prompt:
-    """A prompt as given to the policy, with its reference answer when the task has one."""
+    """A prompt as given to the policy, with its reference answer when the task has one.
+
+    A prompt is a plain string or a conversation. `messages` holds a conversation's turns as
+    (role, content) tuples (roles from ROLES, the last one a user turn); `text` is then its last
+    user turn, what verifiers, search and one-line displays read. A plain prompt has
+    `messages` None. The policy sees either through `selfplay.rendering`, never `text` alone.
+    """
 
     text: str
     answer: str | None = None
+    messages: tuple[tuple[str, str], ...] | None = None
+
+    @classmethod
+    def conversation(cls, messages: Sequence[tuple[str, str]], answer: str | None = None) -> Prompt:
+        """A conversation prompt from its (role, content) turns; its text is the last turn."""
+        turns = tuple((str(role), str(content)) for role, content in messages)
+        return cls(text=turns[-1][1], answer=answer, messages=turns)
+
+    @classmethod
+    def from_row(cls, text: str, answer: str | None, messages: list[dict] | None) -> Prompt:
+        """The prompt a `prompts` row stores (its text, answer and JSON messages)."""
+        if messages is None:
+            return cls(text, answer)
+        return cls.conversation([(m["role"], m["content"]) for m in messages], answer)
+
+    def stored_messages(self) -> list[dict[str, str]] | None:
+        """The JSON a `prompts` row keeps in `messages`: the turns, or None for plain text."""
+        return self.chat() if self.messages is not None else None
+
+    def chat(self) -> list[dict[str, str]]:
+        """The prompt as chat messages: its turns, or one user turn holding the plain text."""
+        turns = self.messages if self.messages is not None else (("user", self.text),)
+        return [{"role": role, "content": content} for role, content in turns]
 
 
 class Task(Protocol):
