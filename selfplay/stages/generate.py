@@ -21,7 +21,13 @@ def insert_prompts(ctx: Context, round_id: int) -> None:
         rnd = get_round(s, round_id)
         prompts = ctx.engines.task.train_prompts(rnd.index, ctx.cfg.task.prompts_per_round)
         rows = [
-            dict(round_id=round_id, index=i, text=p.text, answer=p.answer, messages=p.stored_messages())
+            dict(
+                round_id=round_id,
+                index=i,
+                text=p.text,
+                answer=p.answer,
+                messages=p.stored_messages(),
+            )
             for i, p in enumerate(prompts)
         ]
         queries.insert_ignore(s, Prompt, rows)
