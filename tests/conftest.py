@@ -1,11 +1,14 @@
-"""Shared fixtures: a migrated store on SQLite and on the machine's real PostgreSQL, and a small
-hand-built run in it (`seeded_url`) for the tests of what reads the store."""
+"""Shared fixtures: a migrated store on SQLite and on the machine's real PostgreSQL, a small
+hand-built run in it (`seeded_url`) for the tests of what reads the store, and the tiny chat
+models of tests/chat_models.py (built once per session)."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -184,3 +187,35 @@ def seeded_url(db_url: str) -> str:
     """A store URL (SQLite, then PostgreSQL) holding the `demo` run of `seed_store`."""
     seed_store(db_url)
     return db_url
+
+
+def chat_models() -> ModuleType:
+    """tests.chat_models, imported on first use: torch and transformers load only in the sessions
+    that build a chat model, not in every store test's."""
+    import tests.chat_models
+
+    return tests.chat_models
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-init Qwen2 chat policy with a ChatML byte-level BPE tokenizer (pad set)."""
+    return chat_models().save_chat_model(tmp_path_factory.mktemp("chat-model"), "chatml")
+
+
+@pytest.fixture(scope="session")
+def chat_model_nopad_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chat policy with a tokenizer that has no pad token (like Llama-3, Mistral)."""
+    return chat_models().save_chat_model(tmp_path_factory.mktemp("chat-model-nopad"), "nopad")
+
+
+@pytest.fixture(scope="session")
+def chat_model_bos_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chat policy whose tokenizer adds BOS and whose template writes it too (Llama-3)."""
+    return chat_models().save_chat_model(tmp_path_factory.mktemp("chat-model-bos"), "bos")
+
+
+@pytest.fixture(scope="session")
+def reward_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen2 sequence-classification reward model on the chat tokenizer."""
+    return chat_models().save_reward_model(tmp_path_factory.mktemp("chat-reward-model"), "chatml")
