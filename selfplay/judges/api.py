@@ -18,6 +18,10 @@ last status. An identical request (model, messages, parameters) is sent once: wi
 and across runs through the store's `judge_cache` table (db/judge_cache.py); a reused answer
 costs nothing and its trace says `cached: true`. The key is read from the environment
 variable `api_key_env` only, and scrubbed from every text the judge keeps (answers, errors).
+
+A conversation prompt reaches the judge as a transcript in the rubric's `{prompt}`
+(`request_text`): the judge model reads it as material to judge, not as turns of its own to
+continue. A plain prompt, or a conversation of one user turn, is its text unchanged.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from selfplay.judges.base import (
     Verdict,
     symmetric_compare,
 )
+from selfplay.tasks.base import Prompt
 
 SYSTEM_PROMPT = "You are a strict, fair judge of responses to user requests."
 
@@ -109,6 +114,19 @@ def parse_preference(text: str) -> float | None:
     return BARE_CHOICE.get(text.strip().strip(".*\"'` ").lower())
 
 
+CONVERSATION_HEADER = "A conversation; the response answers its last user turn."
+
+
+def request_text(prompt: Prompt) -> str:
+    """What the rubric's `{prompt}` shows: the text of a plain prompt or of a lone user turn,
+    else every turn under a `### Role:` heading, after CONVERSATION_HEADER."""
+    turns = prompt.chat()
+    if len(turns) == 1 and turns[0]["role"] == "user":
+        return turns[0]["content"]
+    shown = [f"### {t['role'].capitalize()}:\n{t['content']}" for t in turns]
+    return "\n\n".join([CONVERSATION_HEADER, *shown])
+
+
 def request_key(model: str, messages: list[dict[str, str]], params: Mapping[str, Any]) -> str:
     """The cache key of a request: sha256 hex of (model, messages, parameters); no credentials."""
     blob = json.dumps(
@@ -161,7 +179,7 @@ class ApiJudge(BaseJudge):
         requests = [
             self._request(
                 DEFAULT_RUBRIC if self.cfg.rubric is None else self.cfg.rubric,
-                dict(prompt=i.prompt.text, response=i.response, scale=self.cfg.scale),
+                dict(prompt=request_text(i.prompt), response=i.response, scale=self.cfg.scale),
                 i.extra.get("repeat", 0),
             )
             for i in items
@@ -196,7 +214,7 @@ class ApiJudge(BaseJudge):
         requests = [
             self._request(
                 PAIRWISE_PROMPT,
-                dict(prompt=i.prompt.text, first=i.first, second=i.second),
+                dict(prompt=request_text(i.prompt), first=i.first, second=i.second),
                 repeat,
             )
             for i in items

@@ -10,8 +10,9 @@ the critique from what the tool showed.
   expression in the sandbox (all of a batch's expressions in one run) and the response's
   number is compared with it; score 1.0 or 0.0.
 
-Anything else is a failed verdict saying no tool applies. Every verdict's trace holds the
-program run, its output, the limits and how the run ended.
+Anything else is a failed verdict saying no tool applies. A conversation prompt is checked by
+its last user turn (`prompt.text`: the question the response answers). Every verdict's trace
+holds the program run, its output, the limits and how the run ended.
 """
 
 from __future__ import annotations

@@ -17,7 +17,13 @@ from db.engine import session_factory
 from db.models import JudgeCacheEntry
 from selfplay.config import ApiJudgeConfig, ConfigError, JudgeConfig
 from selfplay.judges import JudgeEnv, JudgeItem, PairItem, make_judge, symmetric_compare
-from selfplay.judges.api import ApiJudge, parse_preference, parse_score, request_key
+from selfplay.judges.api import (
+    ApiJudge,
+    parse_preference,
+    parse_score,
+    request_key,
+    request_text,
+)
 from selfplay.tasks.arithmetic import ArithmeticTask
 from selfplay.tasks.base import Prompt
 from tests.fake_openai_server import reset, serve, stats
@@ -332,3 +338,43 @@ def test_judge_runs_from_inside_a_running_event_loop(server, judges):
 
     (v,) = asyncio.run(caller())
     assert v.status == "ok" and v.score == 1.0
+
+
+# -- conversation prompts -------------------------------------------------------------------
+
+# The arithmetic is asked in an earlier turn: the fake judge scores "A:5" right only if it is
+# shown that turn (it scores the first "Q:a+b=" of the request block).
+CONVERSATION = Prompt.conversation(
+    [
+        ("system", "Answer in the form A:<number>."),
+        ("user", "Q:2+3="),
+        ("assistant", "A:4"),
+        ("user", "That is wrong. Try again."),
+    ]
+)
+
+
+def test_request_text_shows_every_turn_of_a_conversation():
+    assert request_text(CONVERSATION) == (
+        "A conversation; the response answers its last user turn.\n\n"
+        "### System:\nAnswer in the form A:<number>.\n\n### User:\nQ:2+3=\n\n"
+        "### Assistant:\nA:4\n\n### User:\nThat is wrong. Try again."
+    )
+    # A plain prompt, and a conversation of one user turn, are their text (one cache key).
+    assert request_text(P) == "Q:3+4=" == request_text(Prompt.conversation([("user", "Q:3+4=")]))
+
+
+def test_the_judge_sees_the_turns_of_a_conversation(server, judges):
+    judge = judges(server, cache=False)
+    right, off_by_three, alone = judge.judge(
+        [
+            JudgeItem(CONVERSATION, "A:5"),
+            JudgeItem(CONVERSATION, "A:8"),
+            JudgeItem(Prompt(CONVERSATION.text), "A:5"),
+        ]
+    )
+    assert right.score == 1.0 and off_by_three.score == pytest.approx(0.7)
+    # Without the earlier turns there is no question to check: a hash score, not 10/10.
+    assert alone.status == "ok" and alone.score != 1.0
+    (comp,) = symmetric_compare(judge, [PairItem(CONVERSATION, "A:5", "A:8")])
+    assert comp.prob == 1.0

@@ -109,3 +109,20 @@ def test_hostile_code_is_reported_in_the_critique(code_task):
     assert v[0].score == 0.0 and "killed after writing over" in v[0].critique
     assert v[0].trace["run"]["stdout_truncated"]
     assert v[1].score == 0.0 and "MemoryError" in v[1].critique
+
+
+def test_a_conversation_is_checked_by_its_last_user_turn(code_task):
+    system = ("system", "You are a careful assistant.")
+    q = Prompt.conversation([system, ("user", "Hi!"), ("assistant", "Hello."), ("user", "Q:6*7=")])
+    verdicts = tool_judge(ArithmeticTask(0, 500)).judge(
+        [JudgeItem(q, "A:42"), JudgeItem(q, "A:41")]
+    )
+    assert [v.score for v in verdicts] == [1.0, 0.0]
+    assert verdicts[0].critique == "python says 6*7 = 42; the response says 42: correct"
+    plain = code_task.heldout_prompts()[0]
+    conv = Prompt.conversation([system, ("user", plain.text)])
+    reference = code_task.reference_response(plain)
+    (verdict,) = tool_judge(code_task).judge([JudgeItem(conv, reference)])
+    assert (
+        verdict.status == "ok" and verdict.score == 1.0 and verdict.critique == "all 8 tests passed"
+    )
