@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import JudgeCacheEntry
-from db.queries import insert_ignore
+from db.queries import insert_ignore_counted
 
 LOOKUP_CHUNK = 500
 """Keys per SELECT: bounded IN lists."""
@@ -50,4 +50,4 @@ def store_answers(session: Session, answers: Sequence[CachedAnswer]) -> int:
     returns how many were new."""
     if not answers:
         return 0
-    return insert_ignore(session, JudgeCacheEntry, [asdict(a) for a in answers])
+    return insert_ignore_counted(session, JudgeCacheEntry, [asdict(a) for a in answers])

@@ -1,7 +1,7 @@
 """The loop's queries: what the stages, the driver, labeling and the workers read and write.
 
 Each takes a session and does not commit: the caller owns it. Writes are named as writes
-(`insert_ignore`, `delete_metrics`); the rest only read. The read side that people use (round
+(`insert_ignore`, `insert_ignore_counted`, `delete_metrics`); the rest only read. The read side that people use (round
 figures, pair browsing) is in `db.summaries` and `db.pairs`.
 """
 
@@ -30,24 +30,48 @@ from db.models import (
 )
 
 
-def insert_ignore(session: Session, model: type[Base], rows: Sequence[dict[str, Any]]) -> int:
-    """Insert rows, skipping any that collide with a unique key; returns how many were new.
-
-    Rows may name different columns (omitted ones take their defaults).
-    """
+def _insert_on_conflict_do_nothing(session: Session, model: type[Base]) -> Any:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        stmt = postgresql.insert(model).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(model).on_conflict_do_nothing()
-    else:
-        raise NotImplementedError(f"insert_ignore supports sqlite and postgresql, not {dialect}")
-    by_shape: dict[frozenset[str], list[dict[str, Any]]] = {}
+        return postgresql.insert(model.__table__).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(model.__table__).on_conflict_do_nothing()
+    raise NotImplementedError(f"insert_ignore supports sqlite and postgresql, not {dialect}")
+
+
+def _by_shape(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows grouped by the columns they name (one executemany takes one shape)."""
+    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
     for row in rows:
-        by_shape.setdefault(frozenset(row), []).append(row)
-    # RETURNING counts the new rows on every backend (psycopg reports rowcount -1 here).
-    stmt = stmt.returning(model.id)
-    return sum(len(session.execute(stmt, group).all()) for group in by_shape.values())
+        groups.setdefault(frozenset(row), []).append(row)
+    return list(groups.values())
+
+
+def insert_ignore(session: Session, model: type[Base], rows: Sequence[dict[str, Any]]) -> None:
+    """Insert rows, skipping any that collide with a unique key (the loop's write path).
+
+    Rows may name different columns (omitted ones take their defaults). One executemany per
+    shape: psycopg pipelines it as a single prepared statement, several times faster on
+    PostgreSQL than a counted insert's multi-row VALUES with RETURNING (BENCHMARKS.md).
+    """
+    if not rows:
+        return
+    stmt = _insert_on_conflict_do_nothing(session, model)
+    connection = session.connection()
+    for group in _by_shape(rows):
+        connection.execute(stmt, group)
+
+
+def insert_ignore_counted(
+    session: Session, model: type[Base], rows: Sequence[dict[str, Any]]
+) -> int:
+    """`insert_ignore` that returns how many rows were new (RETURNING counts them on every
+    backend: psycopg reports no rowcount for an executemany)."""
+    if not rows:
+        return 0
+    stmt = _insert_on_conflict_do_nothing(session, model).returning(model.__table__.c.id)
+    connection = session.connection()
+    return sum(len(connection.execute(stmt, group).all()) for group in _by_shape(rows))
 
 
 def get_run(session: Session, name: str) -> Run | None:

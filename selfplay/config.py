@@ -349,7 +349,9 @@ class ExecutorConfig(StrictConfig):
     )
     max_retries: int = Field(3, ge=0, description="Retries of a failing task (with backoff).")
     retry_backoff_max_s: int = Field(60, ge=1, description="Longest wait between two retries.")
-    poll_interval_s: float = Field(0.5, gt=0, description="How often the driver polls results.")
+    poll_interval_s: float = Field(
+        0.1, gt=0, description="How often the driver polls task results (one Redis read each)."
+    )
     broker_wait_s: int = Field(
         600,
         ge=0,

@@ -208,7 +208,7 @@ def store_items(sessions: sessionmaker[Session], round_id: int, items: list[Exte
                 for it in chunk
                 for k, text in enumerate(it.responses)
             ]
-            added += queries.insert_ignore(s, Response, rows)
+            added += queries.insert_ignore_counted(s, Response, rows)
     return added
 
 

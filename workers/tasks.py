@@ -73,11 +73,11 @@ def _context(task: Task, run_id: int) -> Context:
     return worker_context(db_url, run_id)
 
 
-def generate(task: Task, run_id: int, round_id: int, block: int, source: str = "policy") -> int:
-    """Generate one block of one sample source (see `generate_block`); returns responses added."""
+def generate(task: Task, run_id: int, round_id: int, block: int, source: str = "policy") -> None:
+    """Generate one block of one sample source (see `generate_block`)."""
     ctx = _context(task, run_id)
     name = "generate" if source == "policy" else f"generate_{source}"
-    return _timed(ctx, round_id, name, block, lambda: generate_block(ctx, round_id, block, source))
+    _timed(ctx, round_id, name, block, lambda: generate_block(ctx, round_id, block, source))
 
 
 def judge(

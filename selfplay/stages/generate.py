@@ -33,8 +33,8 @@ def insert_prompts(ctx: Context, round_id: int) -> None:
         queries.insert_ignore(s, Prompt, rows)
 
 
-def generate_block(ctx: Context, round_id: int, block: int, source: str = "policy") -> int:
-    """Generate the samples of one source for every prompt of one block; returns rows stored.
+def generate_block(ctx: Context, round_id: int, block: int, source: str = "policy") -> None:
+    """Generate and store the samples of one source for every prompt of one block.
 
     `source` "policy" draws K samples from the round's policy (sample indices 0…K−1);
     "reference" draws generation.reference_samples from the SFT model (indices K…). A block is
@@ -77,9 +77,8 @@ def generate_block(ctx: Context, round_id: int, block: int, source: str = "polic
         for k, sample in enumerate(samples)
     ]
     with transaction(ctx.sessions) as s:
-        added = queries.insert_ignore(s, Response, rows)
+        queries.insert_ignore(s, Response, rows)
     commit_point("generating")
-    return added
 
 
 def missing_blocks(ctx: Context, round_id: int) -> dict[tuple[str, int], int]:

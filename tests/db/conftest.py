@@ -14,7 +14,7 @@ from db.models import Checkpoint, Prompt, Response, Round, Run
 @pytest.fixture
 def small_store(engine: Engine) -> tuple[sessionmaker[Session], dict[str, int]]:
     """Sessions on `engine` and the ids of run `r`: one round, two prompts and three responses
-    to the first (stored with `insert_ignore`, which counts them)."""
+    to the first (stored with `insert_ignore_counted`, which counts them)."""
     sessions = session_factory(engine)
     with transaction(sessions) as s:
         run = Run(name="r", config={"a": 1})
@@ -46,5 +46,5 @@ def small_store(engine: Engine) -> tuple[sessionmaker[Session], dict[str, int]]:
         for k in range(3)
     ]
     with transaction(sessions) as s:
-        assert queries.insert_ignore(s, Response, rows) == 3
+        assert queries.insert_ignore_counted(s, Response, rows) == 3
     return sessions, ids

@@ -20,10 +20,12 @@ def test_insert_ignore_makes_redelivery_a_noop(small_store):
         for r in responses
     ]
     with transaction(sessions) as s:
-        assert queries.insert_ignore(s, Judgment, rows) == 3
+        assert queries.insert_ignore_counted(s, Judgment, rows) == 3
     with transaction(sessions) as s:
-        assert queries.insert_ignore(s, Judgment, rows) == 0
-        assert queries.insert_ignore(s, Judgment, []) == 0
+        assert queries.insert_ignore_counted(s, Judgment, rows) == 0
+        assert queries.insert_ignore_counted(s, Judgment, []) == 0
+        queries.insert_ignore(s, Judgment, rows)  # the uncounted write path skips them too
+        queries.insert_ignore(s, Judgment, [])
     with transaction(sessions) as s:
         counts = count_rows(s, ids["run"])
     assert counts["responses"] == 3 and counts["judgments"] == 3 and counts["prompts"] == 2

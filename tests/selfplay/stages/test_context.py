@@ -29,10 +29,9 @@ def test_a_generate_worker_never_builds_the_judge(
     ctx = worker_context(db_url, store.run_id)  # the config as stored on the run
     try:
         insert_prompts(ctx, store.round_id)
-        added = generate_block(ctx, store.round_id, 0)
-        assert added == 4 * 2  # a block of 4 prompts × 2 samples
-        with store.sessions() as s:
-            assert s.scalar(select(func.count()).select_from(Response)) == added
+        generate_block(ctx, store.round_id, 0)
+        with store.sessions() as s:  # a block of 4 prompts × 2 samples
+            assert s.scalar(select(func.count()).select_from(Response)) == 4 * 2
         # The name its judgments are stored under is known without building it.
         assert ctx.engines.judge_name == judge["name"]
     finally:
