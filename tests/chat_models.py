@@ -91,6 +91,18 @@ _ARITHMETIC = tuple(
 )
 
 
+def chat_examples() -> list[tuple[str, str]]:
+    """(user turn, assistant answer) pairs in the corpus's words: what `stop_steps` trains on."""
+    pairs = [
+        (_SENTENCES[i].format(s=s), _SENTENCES[i + 1].format(s=s))
+        for s in _SUBJECTS
+        for i in (0, 2, 4)
+    ]
+    return pairs + [
+        (f"What is {a} + {b}?", f"The answer is {a + b}.") for a in range(12) for b in range(9)
+    ]
+
+
 def corpus() -> list[str]:
     """The training text of the tokenizer: chat-like sentences, roles and a little arithmetic."""
     lines = [t.format(s=s) for s in _SUBJECTS for t in _SENTENCES]
@@ -170,14 +182,52 @@ def _qwen2_config(tokenizer: PreTrainedTokenizerFast, **extra: object) -> Qwen2C
     )
 
 
-def save_chat_model(directory: Path, variant: str = "chatml", seed: int = 0) -> Path:
-    """Save a random-init (seeded) tiny Qwen2 chat policy with its tokenizer in `directory`.
+def _teach_to_stop(
+    model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, steps: int, seed: int
+) -> None:
+    """A few supervised steps on chat_examples(): loss on each answer and its `<|im_end|>`."""
+    examples = []
+    for question, answer in chat_examples():
+        chat = [{"role": "user", "content": question}]
+        prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True)["input_ids"]
+        target = tokenizer(answer + IM_END, add_special_tokens=False)["input_ids"]
+        examples.append((prompt, target))
+    pad_id = tokenizer.convert_tokens_to_ids(ENDOFTEXT)  # masked out: any id does
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        batch = [examples[i] for i in torch.randint(len(examples), (16,), generator=generator)]
+        width = max(len(p) + len(t) for p, t in batch)
+        ids = torch.full((len(batch), width), pad_id)
+        labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (prompt, target) in enumerate(batch):
+            n = len(prompt) + len(target)
+            ids[row, :n] = torch.tensor(prompt + target)
+            labels[row, len(prompt) : n] = torch.tensor(target)
+            mask[row, :n] = 1
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
 
-    Its generation_config stops on both `<|im_end|>` and `<|endoftext|>`, as Qwen2.5's does.
+
+def save_chat_model(
+    directory: Path, variant: str = "chatml", seed: int = 0, stop_steps: int = 0
+) -> Path:
+    """Save a tiny Qwen2 chat policy (seeded init) with its tokenizer in `directory`.
+
+    `stop_steps` > 0 trains it that many supervised steps on chat_examples(), so it answers
+    in a few words and ends its turn with `<|im_end|>` as an instruct model does (a random-init
+    one almost never samples it); 0 leaves it random. Its generation_config stops on both
+    `<|im_end|>` and `<|endoftext|>`, as Qwen2.5's does.
     """
     tokenizer = build_chat_tokenizer(variant)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(_qwen2_config(tokenizer))
+    if stop_steps:
+        _teach_to_stop(model, tokenizer, stop_steps, seed)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in (IM_END, ENDOFTEXT)],

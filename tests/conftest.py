@@ -219,3 +219,11 @@ def chat_model_bos_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reward_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Qwen2 sequence-classification reward model on the chat tokenizer."""
     return chat_models().save_reward_model(tmp_path_factory.mktemp("chat-reward-model"), "chatml")
+
+
+@pytest.fixture(scope="session")
+def instruct_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chat policy after 100 supervised steps: it answers in a few words and ends its turn
+    with `<|im_end|>` (a random-init one runs to max_new_tokens)."""
+    path = tmp_path_factory.mktemp("chat-instruct-model")
+    return chat_models().save_chat_model(path, "chatml", stop_steps=100)

@@ -109,3 +109,16 @@ def test_reward_model_has_one_logit_and_a_pad_id(reward_model_dir: Path):
     batch = tok(["short", "a longer answer"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert rm(**batch).logits.shape == (2, 1)
+
+
+def test_the_instruct_model_answers_and_ends_its_turn(instruct_model_dir: Path):
+    tok = AutoTokenizer.from_pretrained(instruct_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(instruct_model_dir)
+    stop = GenerationConfig.from_pretrained(instruct_model_dir).eos_token_id
+    for question in ("What is 3 + 4?", "Give me three tips about the ocean.", "How are you?"):
+        chat = [{"role": "user", "content": question}]
+        ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=40, do_sample=False)
+        answer = out[0, ids["input_ids"].shape[1] :].tolist()
+        assert answer[-1] == tok.convert_tokens_to_ids(IM_END) and answer[-1] in stop
+        assert len(answer) < 40 and IM_END not in tok.decode(answer[:-1])
