@@ -1,5 +1,6 @@
 """The `training` section: the loss (a name in selfplay.algorithms.LOSSES) and its
-hyper-parameters, the optimizer, precision and LoRA; read by selfplay.training.trainer."""
+hyper-parameters, the optimizer, precision, LoRA and the ranks it runs on; read by
+selfplay.training.trainer and selfplay.training.distributed."""
 
 from __future__ import annotations
 
@@ -19,6 +20,26 @@ class LoraConfig(StrictConfig):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         description="Module names that get adapters.",
     )
+
+
+class DistributedConfig(StrictConfig):
+    strategy: Literal["single", "ddp", "fsdp"] = Field(
+        "single",
+        description="single: in the stage's process on one device; ddp: DistributedDataParallel "
+        "over nproc ranks (each holds the whole model); fsdp: FSDP2 (parameters, gradients and "
+        "optimizer state sharded over the ranks).",
+    )
+    nproc: int = Field(
+        1, ge=1, description="Ranks launched on this node (torch.distributed.run); one per GPU."
+    )
+
+    @model_validator(mode="after")
+    def _single_is_one_rank(self) -> DistributedConfig:
+        if self.strategy == "single" and self.nproc != 1:
+            raise ValueError(
+                "training.distributed.nproc must be 1 with strategy single (use ddp or fsdp)"
+            )
+        return self
 
 
 class TrainingConfig(StrictConfig):
@@ -70,6 +91,22 @@ class TrainingConfig(StrictConfig):
         "optimizer; no per-step weight casts. The model is float32 again after training.",
     )
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters (peft) instead.")
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig, description="The ranks training runs on."
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each decoder layer's activations in the backward (non-reentrant "
+        "torch.utils.checkpoint) instead of keeping them: less memory, about a third more "
+        "compute.",
+    )
+    max_tokens_per_micro_batch: int | None = Field(
+        None,
+        ge=1,
+        description="Split each batch_size micro-batch into pieces of at most this many tokens "
+        "(prompt + chosen + rejected of each pair; a longer pair is a piece alone), their "
+        "gradients accumulated: the step is the same, its peak memory bounded. None: unsplit.",
+    )
     compile: bool = Field(
         False,
         description="torch.compile each decoder layer of the trained policy: on a GPU it fuses "
@@ -100,6 +137,11 @@ class TrainingConfig(StrictConfig):
             raise ValueError("training.chipo_r (the clip R of χPO) is required when loss is chipo")
         if self.loss == "inpo" and self.inpo_tau is not None and self.inpo_tau > self.inpo_eta:
             raise ValueError("training.inpo_tau must be <= training.inpo_eta")
+        if self.bf16_weights and self.distributed.strategy != "single":
+            raise ValueError(
+                "training.bf16_weights needs training.distributed.strategy single "
+                "(fsdp keeps bf16 compute copies of its own)"
+            )
         fixed = LOSSES[self.loss].reference
         if fixed in ("previous", "sft") and self.reference != fixed:
             raise ValueError(

@@ -8,6 +8,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
+from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel
 
 
@@ -194,7 +196,11 @@ class TokenLogps(torch.autograd.Function):
 
 def _fused_head(model: PreTrainedModel) -> tuple[torch.nn.Module, Tensor] | None:
     """(the decoder producing the final hidden states, the lm_head weight) when the model's
-    logits are a plain bias-free projection of them (FUSED_HEAD_MODEL_TYPES); else None."""
+    logits are a plain bias-free projection of them (FUSED_HEAD_MODEL_TYPES); else None, also
+    for a data-parallel model, whose forward must run for its wrapper's hooks (gradient
+    all-reduce, parameter gathers)."""
+    if isinstance(model, (DistributedDataParallel, FSDPModule)):
+        return None
     if getattr(model.config, "model_type", None) not in FUSED_HEAD_MODEL_TYPES:
         return None
     head = model.get_output_embeddings()

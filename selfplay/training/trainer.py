@@ -10,6 +10,8 @@ from itertools import islice
 
 import torch
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
 from selfplay.training.config import TrainingConfig
@@ -60,11 +62,14 @@ def loss_params(cfg: TrainingConfig) -> LossParams:
 
 
 def load_trainable(path: str, cfg: TrainingConfig, device: str) -> PreTrainedModel:
-    """The policy to train, in float32 on `device`; wrapped with LoRA adapters (peft) when
+    """The policy to train, in float32 on `device`; its layers' activations recomputed in the
+    backward when `cfg.gradient_checkpointing`; wrapped with LoRA adapters (peft) when
     `cfg.lora` is set, so only the adapters train; its layers compiled when `cfg.compile`."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora is not None:
         model = _with_lora(model, cfg)
     if cfg.compile:
@@ -154,8 +159,11 @@ def _step(
     pad_id: int,
     autocast: bool,
     shared: bool,
+    denominator: int,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One forward of chosen and rejected together; the loss and (unsynced) metrics."""
+    """One forward of chosen and rejected together; the loss and (unsynced) metrics summed over
+    `batch` and divided by `denominator` (the pairs of the micro-batch `batch` is part of, so the
+    parts' values add up to the micro-batch's means)."""
     device = next(model.parameters()).device
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext()
     with ctx:
@@ -177,13 +185,15 @@ def _step(
         chosen_is_ref_sample=_column(batch, "chosen_is_ref_sample", device),
     )
     out = loss_fn(b, params)
-    loss = out.losses.mean() + nll_weight * nll_term(b).mean()
+    # sum / n is bitwise what mean() computes, so an unsplit batch's numbers are the same.
+    loss = out.losses.sum() / denominator + nll_weight * nll_term(b).sum() / denominator
     metrics = {
         "loss": loss.detach(),
-        "reward_margin": (out.chosen_rewards - out.rejected_rewards).mean(),
-        "preference_accuracy": (out.chosen_rewards > out.rejected_rewards).float().mean(),
-        "chosen_logp": b.policy_chosen.detach().mean(),
-        "rejected_logp": b.policy_rejected.detach().mean(),
+        "reward_margin": (out.chosen_rewards - out.rejected_rewards).sum() / denominator,
+        "preference_accuracy": (out.chosen_rewards > out.rejected_rewards).float().sum()
+        / denominator,
+        "chosen_logp": b.policy_chosen.detach().sum() / denominator,
+        "rejected_logp": b.policy_rejected.detach().sum() / denominator,
     }
     return loss, metrics
 
@@ -237,6 +247,33 @@ class _MasterWeights:
             p.data, m.grad = m.to(p.device), None
 
 
+def _pieces(batch: list[PairExample], budget: int | None) -> list[list[PairExample]]:
+    """`batch` cut in order into pieces of at most `budget` tokens (a pair's prompt, chosen and
+    rejected ids; a longer pair is a piece alone); one piece when `budget` is None, none for no
+    pairs."""
+    if budget is None:
+        return [batch] if batch else []
+    pieces: list[list[PairExample]] = []
+    tokens = 0
+    for pair in batch:
+        n = len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
+        if not pieces or tokens + n > budget:
+            pieces.append([])
+            tokens = 0
+        pieces[-1].append(pair)
+        tokens += n
+    return pieces
+
+
+def _most_over_ranks(n: int, world: int, device: torch.device) -> int:
+    """The largest `n` of the `world` data-parallel ranks (`n` itself on one)."""
+    if world == 1:
+        return n
+    most = torch.tensor([n], device=device)
+    torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
+    return int(most)
+
+
 def _optimizer(params: list[Tensor], cfg: TrainingConfig) -> torch.optim.Optimizer:
     # foreach/fused: a few kernels for the whole update instead of ~10 per parameter tensor
     # (torch defaults to the per-tensor loop on CPU).
@@ -273,28 +310,49 @@ def train_on_pairs(
     pad_id: int,
     seed: int,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> dict[str, float]:
     """Optimise `model` in place on `pairs`; return each step metric's mean over the steps.
 
     Shuffles with `seed`, `cfg.epochs` passes of micro-batches of `cfg.batch_size` pairs (the
     last of an epoch may be smaller), `cfg.grad_accum_steps` micro-batches per optimizer step,
-    at most `cfg.max_steps` optimizer steps. Gradients are clipped to `cfg.grad_clip`; the
-    learning rate warms up linearly, then stays constant or follows a cosine. On a GPU with
-    `cfg.bf16` the forward runs under bf16 autocast, or with `cfg.bf16_weights` on bf16 weights
-    whose float32 masters the optimizer steps (the model is float32 again on return); the loss
-    is reduced in float32 either way.
+    at most `cfg.max_steps` optimizer steps; `cfg.max_tokens_per_micro_batch` splits each
+    micro-batch into pieces whose gradients accumulate to the unsplit one's. Gradients are
+    clipped to `cfg.grad_clip`; the learning rate warms up linearly, then stays constant or
+    follows a cosine. On a GPU with `cfg.bf16` the forward runs under bf16 autocast, or with
+    `cfg.bf16_weights` on bf16 weights whose float32 masters the optimizer steps (the model is
+    float32 again on return); the loss is reduced in float32 either way.
     `on_step(step, metrics)` is called after each optimizer step, step counting from 1; metrics
     are loss, reward_margin, preference_accuracy, chosen_logp, rejected_logp (means over the
     step's micro-batches), grad_norm (before clipping) and lr. The summary adds "steps".
     Deterministic for a given seed on CPU. Leaves the model in eval mode; no pairs: returns {}
     without touching the model.
+    Data-parallel (`world` ranks, `model` wrapped by selfplay.training.distributed, the process
+    group up): every rank is given the same pairs and seed, rank `rank` computes the slice
+    `[rank::world]` of each micro-batch, and the metrics are summed over the ranks, so each step's
+    loss, metrics and gradient are those of one rank on the whole micro-batch.
     """
     if not pairs:
         return {}
-    precision = _precision(cfg, next(model.parameters()).device)
+    if isinstance(model, FSDPModule):
+        precision = "float32"  # its MixedPrecisionPolicy casts (selfplay.training.distributed)
+    else:
+        precision = _precision(cfg, next(model.parameters()).device)
     masters = _MasterWeights(model) if precision == "bf16_weights" else None
     try:
-        return _train(model, pairs, cfg, pad_id, seed, on_step, precision == "autocast", masters)
+        return _train(
+            model,
+            pairs,
+            cfg,
+            pad_id,
+            seed,
+            on_step,
+            precision == "autocast",
+            masters,
+            rank,
+            world,
+        )
     finally:
         if masters is not None:
             masters.restore()
@@ -317,6 +375,8 @@ def _train(
     on_step: Callable[[int, dict[str, float]], None] | None,
     autocast: bool,
     masters: _MasterWeights | None,
+    rank: int,
+    world: int,
 ) -> dict[str, float]:
     loss_fn = LOSS_FNS[cfg.loss]
     params = loss_params(cfg)
@@ -327,9 +387,10 @@ def _train(
     optimizer = _optimizer(trainable, cfg)
     total = planned_steps(len(pairs), cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
+    device = next(model.parameters()).device
     shared = cfg.shared_prompt
     if shared is None:
-        shared = not next(model.parameters()).is_cuda
+        shared = device.type != "cuda"
     shared = shared and takes_custom_masks(model)
     accum = cfg.grad_accum_steps
     totals: dict[str, float] = {}
@@ -346,23 +407,43 @@ def _train(
                 optimizer.zero_grad(set_to_none=True)
                 sums: dict[str, Tensor] = {}
                 for indices in group:
-                    batch = [pairs[i] for i in indices]
-                    loss, metrics = _step(
-                        model, batch, loss_fn, params, cfg.nll_weight, pad_id, autocast, shared
-                    )
-                    (loss / len(group)).backward()
-                    if masters is not None:
-                        masters.collect()
-                    for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + v / len(group)
+                    mine = [pairs[i] for i in indices[rank::world]]
+                    pieces = _pieces(mine, cfg.max_tokens_per_micro_batch)
+                    # Every rank runs as many forwards, so their collectives pair up: a rank
+                    # with fewer pieces repeats the micro-batch's first pair with weight 0.
+                    for j in range(_most_over_ranks(len(pieces), world, device)):
+                        weight = 1.0 if j < len(pieces) else 0.0
+                        piece = pieces[j] if j < len(pieces) else [pairs[indices[0]]]
+                        loss, metrics = _step(
+                            model,
+                            piece,
+                            loss_fn,
+                            params,
+                            cfg.nll_weight,
+                            pad_id,
+                            autocast,
+                            shared,
+                            denominator=len(indices),
+                        )
+                        # Data parallelism averages the ranks' gradients: × world makes the sum.
+                        (loss * (world * weight) / len(group)).backward()
+                        if masters is not None:
+                            masters.collect()
+                        for k, v in metrics.items():
+                            sums[k] = sums.get(k, 0.0) + v * weight / len(group)
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                if isinstance(grad_norm, DTensor):
+                    grad_norm = grad_norm.full_tensor()
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 if masters is not None:
                     masters.publish()
                 schedule.step()
                 # One device sync per step for all the metrics.
-                values = torch.stack([*sums.values(), grad_norm.float()]).tolist()
+                summed = torch.stack(list(sums.values()))
+                if world > 1:
+                    torch.distributed.all_reduce(summed)
+                values = torch.cat([summed, grad_norm.float().reshape(1)]).tolist()
                 metrics = dict(zip([*sums, "grad_norm"], values, strict=True))
                 metrics["lr"] = lr
                 for k, v in metrics.items():

@@ -1,0 +1,263 @@
+"""Training over N ranks on this node (`training.distributed`: DDP or FSDP2).
+
+The train stage writes the round's job (policy, pairs, training config, seed, target) into a
+directory of the run, launches `torch.distributed.run` with this module as each rank's program
+(torchrun's environment contract: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT, from a
+standalone rendezvous on a free port) and waits. Each rank loads the policy, wraps it
+(DistributedDataParallel, or `fully_shard` per decoder layer and the root), and runs
+`train_on_pairs` on its slice of every micro-batch; rank 0 appends each step's metrics to a
+JSONL file the stage reads as they come, and at the end gathers the full state dict and saves
+the checkpoint atomically with `save_checkpoint`. A rank that raises writes its traceback next to
+the job; the stage raises RankFailure with it, or with torchrun's log when a rank was killed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel
+from transformers import PreTrainedModel
+
+from selfplay.checkpoints import save_checkpoint
+from selfplay.faults import commit_point
+from selfplay.training.config import TrainingConfig
+from selfplay.training.trainer import PairExample, load_trainable, merged_for_saving, train_on_pairs
+
+JOB_FILE = "job.json"
+METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "torchrun.log"
+POLL_S = 0.2
+LOG_TAIL_LINES = 40
+_PR_SET_PDEATHSIG = 1
+
+
+class RankFailure(RuntimeError):
+    """A training rank died: the message holds its traceback, or torchrun's account of it."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every rank of one round's training is given."""
+
+    policy_path: str
+    pairs: list[PairExample]
+    cfg: TrainingConfig
+    pad_id: int
+    seed: int
+    target: str
+
+
+def round_job_dir(output_dir: Path, round_index: int) -> Path:
+    """Where round `round_index`'s distributed training keeps its job, metrics and log."""
+    return output_dir.resolve() / "distributed" / f"round-{round_index:04d}"
+
+
+def train_distributed(
+    job: Job, job_dir: Path, on_step: Callable[[int, dict[str, float]], None] | None = None
+) -> None:
+    """Train `job` on `job.cfg.distributed.nproc` ranks and save its checkpoint at `job.target`.
+
+    Blocks until the ranks exit; `on_step(step, metrics)` is called here, in this process, for
+    each step rank 0 reports (the same metrics as train_on_pairs's). `job_dir` is emptied first
+    and removed on success; it keeps the job, the metrics and torchrun's log of a failure.
+    Raises RankFailure when a rank fails (nothing is saved at `job.target` then).
+    """
+    shutil.rmtree(job_dir, ignore_errors=True)
+    job_dir.mkdir(parents=True)
+    _write_job(job, job_dir / JOB_FILE)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc-per-node={job.cfg.distributed.nproc}",
+        "--max-restarts=0",
+        "-m",
+        __name__,
+        str(job_dir),
+    ]
+    metrics = _MetricsReader(job_dir / METRICS_FILE)
+    with open(job_dir / LOG_FILE, "wb") as log:
+        launcher = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
+        try:
+            while launcher.poll() is None:
+                metrics.deliver(on_step)
+                time.sleep(POLL_S)
+        finally:
+            if launcher.poll() is None:  # this process is being interrupted
+                launcher.terminate()
+                launcher.wait()
+    metrics.deliver(on_step)
+    if launcher.returncode != 0:
+        raise RankFailure(_failure(job_dir, launcher.returncode))
+    shutil.rmtree(job_dir)
+
+
+def _write_job(job: Job, path: Path) -> None:
+    """The job as JSON, written atomically (a rank never reads half of it)."""
+    data = asdict(job) | {"cfg": job.cfg.model_dump(mode="json")}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _read_job(path: Path) -> Job:
+    data = json.loads(path.read_text())
+    data["pairs"] = [PairExample(**p) for p in data["pairs"]]
+    data["cfg"] = TrainingConfig.model_validate(data["cfg"])
+    return Job(**data)
+
+
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    """In the launcher, before exec: SIGTERM it when the stage's process dies (even SIGKILLed),
+    and torchrun stops its ranks, so no orphan keeps training or writing the checkpoint."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class _MetricsReader:
+    """Follows rank 0's metrics file: each complete line once, in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def deliver(self, on_step: Callable[[int, dict[str, float]], None] | None) -> None:
+        """Pass each line completed since the last call to `on_step`."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.splitlines():
+            record = json.loads(line)
+            if on_step is not None:
+                on_step(record["step"], record["metrics"])
+
+
+def _failure(job_dir: Path, returncode: int) -> str:
+    errors = sorted(job_dir.glob("rank-*.error"))
+    if errors:
+        return "\n".join(f"training {e.stem} failed:\n{e.read_text()}" for e in errors)
+    tail = (job_dir / LOG_FILE).read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+    return (
+        f"a training rank died without a traceback (torchrun exit {returncode}); the end of "
+        f"{job_dir / LOG_FILE}:\n" + "\n".join(tail)
+    )
+
+
+class _DataParallel(DistributedDataParallel):
+    """DistributedDataParallel that answers attributes it lacks from the wrapped model (its
+    config), so the trainer reads the policy's settings through the wrapper."""
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+def wrap(model: PreTrainedModel, cfg: TrainingConfig, device: torch.device) -> torch.nn.Module:
+    """The model made data-parallel over the process group by `cfg.distributed.strategy`.
+
+    ddp: each rank holds the whole model, gradients are all-reduced. fsdp: FSDP2,
+    `fully_shard` on each decoder layer and then the root (embeddings, final norm, head), so
+    parameters, gradients and the optimizer state are sharded over the ranks and each layer's
+    parameters are gathered only around its forward and backward; on a GPU with `cfg.bf16`
+    they are gathered in bf16 and gradients reduced in float32 (float32 masters are what the
+    optimizer steps), on a CPU everything is float32.
+    """
+    if cfg.distributed.strategy == "ddp":
+        ids = [device.index] if device.type == "cuda" else None
+        return _DataParallel(model, device_ids=ids)
+    if device.type == "cuda" and cfg.bf16:
+        precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    else:
+        precision = MixedPrecisionPolicy()
+    for layer in model.get_decoder().layers:
+        fully_shard(layer, mp_policy=precision)
+    fully_shard(model, mp_policy=precision)
+    return model
+
+
+def _save(model: torch.nn.Module, job: Job, rank: int) -> None:
+    """Gather the trained weights to rank 0 (on its CPU) and save them there as the checkpoint
+    (LoRA merged, as the single-device path saves it)."""
+    from transformers import AutoTokenizer
+
+    state = get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    if rank == 0:
+        plain_cfg = job.cfg.model_copy(update={"compile": False, "gradient_checkpointing": False})
+        plain = load_trainable(job.policy_path, plain_cfg, "cpu")
+        plain.load_state_dict(state)
+        tokenizer = AutoTokenizer.from_pretrained(job.policy_path)
+        save_checkpoint(merged_for_saving(plain), tokenizer, Path(job.target))
+    dist.barrier()
+
+
+def _rank_main(job_dir: Path) -> None:
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    try:
+        job = _read_job(job_dir / JOB_FILE)
+        model = wrap(load_trainable(job.policy_path, job.cfg, str(device)), job.cfg, device)
+        metrics = open(job_dir / METRICS_FILE, "a") if rank == 0 else None
+
+        def on_step(step: int, values: dict[str, float]) -> None:
+            if metrics is not None:
+                metrics.write(json.dumps({"step": step, "metrics": values}) + "\n")
+                metrics.flush()
+            # SELFPLAY_KILL_AT=train-rank<r>:<n> kills rank r after its n-th step.
+            commit_point(f"train-rank{rank}")
+
+        train_on_pairs(model, job.pairs, job.cfg, job.pad_id, job.seed, on_step, rank, world)
+        if metrics is not None:
+            metrics.close()
+        _save(model, job, rank)
+    finally:
+        dist.destroy_process_group()
+
+
+def main() -> None:
+    """A rank's program: `python -m selfplay.training.distributed JOB_DIR` under torchrun."""
+    job_dir = Path(sys.argv[1])
+    try:
+        _rank_main(job_dir)
+    except BaseException:
+        (job_dir / f"rank-{os.environ['RANK']}.error").write_text(traceback.format_exc())
+        raise
+
+
+if __name__ == "__main__":
+    main()
