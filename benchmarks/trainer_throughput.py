@@ -6,7 +6,7 @@ CPU, the peer comparison (same tiny model, same 4,096 pairs, 32 pairs per step, 
 
 TRL is configured fairly for a CPU: bf16=False, gradient_checkpointing=False,
 precompute_ref_log_probs=True, datasets caching off (so its reference precompute really runs
-inside the timed call), its reference precompute batched like selfplay's (REF_BATCH_PAIRS).
+inside the timed call), its reference precompute batched by pairs (REF_BATCH_PAIRS), selfplay's by its token budget.
 Both timings include tokenizing and the reference log-prob pass. Besides wall-clock pairs/s
 each run reports pairs per CPU-second of its own process, less sensitive to a busy machine.
 Peak memory is the process's max RSS growth during each trainer, measured in a fresh
@@ -42,6 +42,7 @@ import time
 import torch
 
 from selfplay.config import TrainingConfig
+from selfplay.scoring import SCORE_TOKENS_PER_BATCH
 
 REF_BATCH_PAIRS = 256
 """Pairs per reference log-prob batch, the same for both trainers (TRL's default is the
@@ -100,7 +101,7 @@ def run_selfplay(n: int, batch: int) -> dict:
         [d[0] for d in data] * 2,
         [d[1] for d in data] + [d[2] for d in data],
         tok.pad_token_id,
-        batch_size=2 * REF_BATCH_PAIRS,  # responses
+        max_tokens_per_batch=SCORE_TOKENS_PER_BATCH,  # selfplay's own budget
     )
     pairs = [PairExample(p, c, r, ref[i], ref[n + i]) for i, (p, c, r) in enumerate(data)]
     cfg = TrainingConfig(loss="dpo", lr=1e-4, batch_size=batch, max_steps=10**6, epochs=1)

@@ -3,15 +3,20 @@ log-prob source names, and which directories `guards.keep_last` deletes."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.models import Checkpoint, Round, RoundStatus
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 SFT_ROUND_INDEX = -1  # the initial policy's checkpoint row
 
@@ -21,12 +26,36 @@ def round_checkpoint_dir(output_dir: Path, round_index: int) -> Path:
     return output_dir.resolve() / "checkpoints" / f"round-{round_index:04d}"
 
 
-def save_checkpoint(model: object, tokenizer: object, target: Path) -> None:
-    """Write a Hugging Face checkpoint atomically: into a temp dir, then rename."""
+def save_checkpoint(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    target: Path,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Write a Hugging Face checkpoint atomically: into a temp dir, then rename.
+
+    With `dtype`, the floating-point weights are written in it (config.json names it) while
+    the model in memory keeps its own (the trainer's float32 masters); None: as they are.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    if dtype is None:
+        model.save_pretrained(tmp)
+    else:
+        # Tied weights (embeddings and lm_head) stay one tensor, so they are written once.
+        cast: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        state = {
+            k: cast.setdefault((v.data_ptr(), tuple(v.shape)), v.to(dtype))
+            if v.is_floating_point()
+            else v
+            for k, v in model.state_dict().items()
+        }
+        model.save_pretrained(tmp, state_dict=state)
+        # save_pretrained writes the dtype of the parameters in memory into config.json.
+        config = json.loads((tmp / "config.json").read_text())
+        config["dtype"] = str(dtype).removeprefix("torch.")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)

@@ -40,6 +40,7 @@ __all__ = [
     "JudgeConfig",
     "LoraConfig",
     "ModelConfig",
+    "ModelDtype",
     "OpenAIConfig",
     "PairingConfig",
     "ReviseConfig",
@@ -140,9 +141,23 @@ class SFTConfig(StrictConfig):
     )
 
 
+ModelDtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+
 class ModelConfig(StrictConfig):
     path: str | None = Field(
-        None, description="A local Hugging Face model directory; unset: build the tiny model."
+        None,
+        description="A local Hugging Face model directory or a hub id (org/name, resolved "
+        "through the Hugging Face cache; HF_HUB_OFFLINE honoured); unset: build the tiny model.",
+    )
+    revision: str | None = Field(
+        None, description="Hub branch, tag or commit of a hub id `path`; unset: main."
+    )
+    dtype: ModelDtype = Field(
+        "auto",
+        description="Precision of the policy in every engine, reference scoring and the saved "
+        "checkpoints; auto: the checkpoint's own dtype on a GPU, float32 on a CPU (checkpoints "
+        "keep the checkpoint's own). Training keeps float32 masters.",
     )
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
@@ -164,6 +179,20 @@ class EngineConfig(StrictConfig):
     )
     enforce_eager: bool = Field(False, description="Skip CUDA graphs and torch.compile.")
     max_model_len: int | None = Field(None, ge=1, description="Context limit; unset: model's.")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs one engine shards the model over (sglang: tp_size)."
+    )
+    max_num_seqs: int | None = Field(
+        None,
+        ge=1,
+        description="Sequences the engine runs at once (sglang: max_running_requests); unset: "
+        "the engine's default.",
+    )
+    enable_prefix_caching: bool = Field(
+        True,
+        description="Reuse the KV cache of a shared prompt prefix (the K samples of a prompt); "
+        "sglang: false disables its radix cache.",
+    )
 
 
 class OpenAIConfig(StrictConfig):
@@ -191,10 +220,11 @@ class OpenAIConfig(StrictConfig):
     server_command: list[str] = Field(
         default_factory=lambda: [
             "{python}", "-m", "vllm.entrypoints.openai.api_server",
-            "--model", "{checkpoint}", "--port", "{port}", "--dtype", "float32",
+            "--model", "{checkpoint}", "--port", "{port}", "--dtype", "{dtype}",
         ],
         description="Server selfplay starts (and restarts on each new checkpoint) when `url` is "
-        "unset; {python}, {checkpoint} and {port} are filled in.",
+        "unset; {python}, {checkpoint}, {port} and {dtype} (model.dtype resolved for this "
+        "machine) are filled in.",
     )  # fmt: skip
     reload_command: list[str] | None = Field(
         None,
@@ -244,6 +274,15 @@ class PairingConfig(StrictConfig):
         default_factory=list,
         description="DNO replay: fractions of the round's pair count drawn from rounds t−1, "
         "t−2, … (paper: [0.3, 0.15]).",
+    )
+    truncated: Literal["drop", "penalize", "keep"] = Field(
+        "drop",
+        description="Responses cut at max_new_tokens (finish_reason length): drop them before "
+        "pairing, penalize (subtract missing_eos_penalty from their score, TRL's "
+        "missing_eos_penalty), or keep them like finished ones.",
+    )
+    missing_eos_penalty: float = Field(
+        1.0, ge=0, description="With truncated: penalize, subtracted from a truncated score."
     )
 
     @field_validator("builder")

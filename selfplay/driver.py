@@ -23,6 +23,7 @@ from db.models import EXTERNAL_CHECKPOINT_PREFIX, Checkpoint, Round, RoundStatus
 from selfplay.checkpoints import SFT_ROUND_INDEX, prune_checkpoints
 from selfplay.config import ConfigError, ExecutorConfig, SelfplayConfig
 from selfplay.executor import Executor, make_executor
+from selfplay.model_source import check_model_sources
 from selfplay.progress import Reporter, SilentReporter, format_accuracy
 from selfplay.redact import mask_config
 from selfplay.sft import prepare_policy
@@ -219,6 +220,7 @@ def run_loop(
         task = make_task(cfg.task, cfg.run.seed)
     except TaskDataError as err:
         raise ConfigError(str(err)) from None
+    check_model_sources(cfg)
     _create_private_dir(cfg.run.output_dir, "run.output_dir")
     engine = create_store(cfg.db_url)
     sessions = session_factory(engine)

@@ -107,7 +107,10 @@ class SelfJudgeConfig(StrictConfig):
 class RewardModelJudgeConfig(StrictConfig):
     """The `reward_model` judge: a transformers sequence-classification model."""
 
-    path: str | None = Field(None, description="Model directory or hub id (required).")
+    path: str | None = Field(
+        None, description="Model directory or hub id (required), resolved like model.path."
+    )
+    revision: str | None = Field(None, description="Hub revision of a hub id `path`.")
     batch_size: int = Field(32, ge=1, description="Responses scored per forward pass.")
     max_length: int = Field(1024, ge=8, description="Truncation length of prompt + response.")
 

@@ -1,26 +1,35 @@
 """Scoring responses under a checkpoint: log π(y | x), summed over the response's tokens.
 
 What the train stage stores as reference and π_t log-probs and what the guard metrics compare
-the new policy's samples against (the SFT model). The model is loaded in float32 on the
-default device, once per `Scorer`, and freed with it.
+the new policy's samples against (the SFT model). The model is loaded on the default device in
+`model.dtype` (selfplay.precision), once per `Scorer`, and freed with it.
+Batches are bounded by SCORE_TOKENS_PER_BATCH tokens, not a count of responses, so long
+responses do not run out of memory.
 """
 
 from __future__ import annotations
 
+from selfplay.config import ModelDtype
 from selfplay.devices import default_device
+from selfplay.precision import load_dtype
 
-SCORE_BATCH = 256
+SCORE_TOKENS_PER_BATCH = 65536
+"""Padded tokens (prompt + responses) per scoring forward: 256 responses of 256 tokens."""
 
 
 class Scorer:
-    """A checkpoint loaded for scoring (its tokenizer and model in float32)."""
+    """A checkpoint loaded for scoring (its tokenizer, and its model in `dtype` resolved for
+    the default device)."""
 
-    def __init__(self, checkpoint_path: str) -> None:
+    def __init__(self, checkpoint_path: str, dtype: ModelDtype = "auto") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint_path)
-        self.model = AutoModelForCausalLM.from_pretrained(checkpoint_path, dtype="float32")
-        self.model.to(default_device())
+        device = default_device()
+        self.model = AutoModelForCausalLM.from_pretrained(
+            checkpoint_path, dtype=load_dtype(dtype, checkpoint_path, device)
+        )
+        self.model.to(device)
 
     def score(self, prompts: list[str], responses: list[list[int]]) -> list[float]:
         """log π(response | prompt) for each (prompt text, response token ids) pair."""
@@ -28,5 +37,9 @@ class Scorer:
 
         prompt_ids = [self.tokenizer(p)["input_ids"] for p in prompts]
         return score_responses(
-            self.model, prompt_ids, responses, self.tokenizer.pad_token_id, batch_size=SCORE_BATCH
+            self.model,
+            prompt_ids,
+            responses,
+            self.tokenizer.pad_token_id,
+            max_tokens_per_batch=SCORE_TOKENS_PER_BATCH,
         )

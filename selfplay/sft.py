@@ -23,6 +23,7 @@ from selfplay.config import ModelConfig, SFTConfig
 from selfplay.devices import default_device
 from selfplay.generation.base import SamplingParams
 from selfplay.generation.hf import HFBackend
+from selfplay.model_source import resolve_model
 from selfplay.tasks.base import Task
 from selfplay.tiny_model import build_model, build_tokenizer
 
@@ -217,15 +218,15 @@ def prepare_policy(
 ) -> Path:
     """The initial policy's checkpoint directory, building and SFT-training the tiny model if needed.
 
-    With `model_cfg.path` set, that directory is returned untouched. Otherwise the tiny model is
-    trained on the task's reference responses and cached under
+    With `model_cfg.path` set, its directory (a hub id's cached snapshot) is returned untouched.
+    Otherwise the tiny model is trained on the task's reference responses and cached under
     `cache_dir/tiny-<hash of tiny config, SFT config, seed and the SFT examples>`; an existing
     cache entry is reused without training. The entry is written to a temporary directory and
     renamed into place, so an interrupted build never leaves a partial checkpoint behind.
     Raises ValueError when SFT is asked for but the task has no reference responses.
     """
     if model_cfg.path:
-        return Path(model_cfg.path).expanduser()
+        return resolve_model(model_cfg.path, model_cfg.revision, "model.path")
     examples = sft_examples(task, model_cfg.sft)
     if model_cfg.sft.steps > 0 and not examples:
         raise ValueError(

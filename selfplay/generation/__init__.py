@@ -8,35 +8,35 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from selfplay.config import GenerationConfig
+from selfplay.config import GenerationConfig, ModelDtype
 from selfplay.devices import default_device
 from selfplay.generation.base import GenerationBackend, Sample, SamplingParams
 from selfplay.generation.hf import HFBackend
 
 
-def _hf(cfg: GenerationConfig) -> GenerationBackend:
-    return HFBackend(prompts_per_batch=cfg.prompts_per_batch, device=default_device())
+def _hf(cfg: GenerationConfig, dtype: ModelDtype) -> GenerationBackend:
+    return HFBackend(prompts_per_batch=cfg.prompts_per_batch, device=default_device(), dtype=dtype)
 
 
-def _vllm(cfg: GenerationConfig) -> GenerationBackend:
+def _vllm(cfg: GenerationConfig, dtype: ModelDtype) -> GenerationBackend:
     from selfplay.generation.vllm import VLLMBackend
 
-    return VLLMBackend(cfg.engine)
+    return VLLMBackend(cfg.engine, dtype)
 
 
-def _sglang(cfg: GenerationConfig) -> GenerationBackend:
+def _sglang(cfg: GenerationConfig, dtype: ModelDtype) -> GenerationBackend:
     from selfplay.generation.sglang import SGLangBackend
 
-    return SGLangBackend(cfg.engine)
+    return SGLangBackend(cfg.engine, dtype)
 
 
-def _openai(cfg: GenerationConfig) -> GenerationBackend:
+def _openai(cfg: GenerationConfig, dtype: ModelDtype) -> GenerationBackend:
     from selfplay.generation.openai_backend import OpenAIBackend
 
-    return OpenAIBackend(cfg.openai)
+    return OpenAIBackend(cfg.openai, dtype)
 
 
-BACKENDS: dict[str, Callable[[GenerationConfig], GenerationBackend]] = {
+BACKENDS: dict[str, Callable[[GenerationConfig, ModelDtype], GenerationBackend]] = {
     "hf": _hf,
     "vllm": _vllm,
     "sglang": _sglang,
@@ -46,6 +46,7 @@ BACKENDS: dict[str, Callable[[GenerationConfig], GenerationBackend]] = {
 __all__ = ["BACKENDS", "GenerationBackend", "HFBackend", "Sample", "SamplingParams", "make_backend"]
 
 
-def make_backend(cfg: GenerationConfig) -> GenerationBackend:
-    """Build the backend named by `cfg.backend` (no checkpoint loaded yet)."""
-    return BACKENDS[cfg.backend](cfg)
+def make_backend(cfg: GenerationConfig, dtype: ModelDtype = "auto") -> GenerationBackend:
+    """Build the backend named by `cfg.backend`, loading checkpoints in `dtype` (model.dtype);
+    no checkpoint loaded yet."""
+    return BACKENDS[cfg.backend](cfg, dtype)

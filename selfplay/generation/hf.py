@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from selfplay.config import ModelDtype
 from selfplay.generation.base import (
     Sample,
     SamplingParams,
@@ -20,13 +21,17 @@ from selfplay.generation.base import (
     resolve_dir,
     stop_ids,
 )
+from selfplay.precision import load_dtype
 
 
 class HFBackend:
     """Generates with a transformers causal LM kept loaded between calls."""
 
-    def __init__(self, prompts_per_batch: int = 256, device: str = "cpu") -> None:
+    def __init__(
+        self, prompts_per_batch: int = 256, device: str = "cpu", dtype: ModelDtype = "auto"
+    ) -> None:
         self.prompts_per_batch = prompts_per_batch
+        self.dtype = dtype  # model.dtype, resolved per checkpoint (selfplay.precision)
         self.device = torch.device(device)
         self.model: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
@@ -38,12 +43,13 @@ class HFBackend:
         """Nothing to shut down: the model lives in this process."""
 
     def load(self, checkpoint_dir: str) -> None:
-        """Load model (float32, eval mode) and tokenizer; a no-op if this directory is loaded."""
+        """Load model (in `dtype`, eval mode) and tokenizer; a no-op if this directory is loaded."""
         path = resolve_dir(checkpoint_dir)
         if path == self.checkpoint_dir:
             return
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        dtype = load_dtype(self.dtype, path, self.device.type)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         self.attach(model.to(self.device).eval(), tokenizer, path)
 
     def attach(

@@ -33,7 +33,8 @@ from typing import Any, Literal
 from transformers import AutoTokenizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from selfplay.config import OpenAIConfig
+from selfplay.config import ModelDtype, OpenAIConfig
+from selfplay.devices import default_device
 from selfplay.generation.base import (
     Sample,
     SamplingParams,
@@ -42,6 +43,7 @@ from selfplay.generation.base import (
     resolve_dir,
 )
 from selfplay.http_retry import Failure, RetryPolicy, with_retries
+from selfplay.precision import load_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +57,9 @@ class ServerError(RuntimeError):
 class OpenAIBackend:
     """Generates through an OpenAI-compatible HTTP API."""
 
-    def __init__(self, cfg: OpenAIConfig | None = None) -> None:
+    def __init__(self, cfg: OpenAIConfig | None = None, dtype: ModelDtype = "auto") -> None:
         self.cfg = cfg or OpenAIConfig()
+        self.dtype = dtype  # model.dtype: {dtype} of the managed server's command
         self.checkpoint_dir: str | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.base_url: str | None = self.cfg.url.rstrip("/") if self.cfg.url else None
@@ -109,6 +112,7 @@ class OpenAIBackend:
             part.replace("{python}", sys.executable)
             .replace("{checkpoint}", path)
             .replace("{port}", str(port))
+            .replace("{dtype}", load_dtype(self.dtype, path, default_device()))
             for part in self.cfg.server_command
         ]
         fd, log = tempfile.mkstemp(prefix="selfplay-server-", suffix=".log")

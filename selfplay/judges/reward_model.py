@@ -20,6 +20,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from selfplay.config import JudgeConfig
 from selfplay.devices import default_device
 from selfplay.judges.base import BaseJudge, JudgeEnv, JudgeItem, Verdict
+from selfplay.model_source import resolve_model
 
 
 class RewardModelJudge(BaseJudge):
@@ -31,8 +32,9 @@ class RewardModelJudge(BaseJudge):
         rm = cfg.reward_model
         self.batch_size, self.max_length = rm.batch_size, rm.max_length
         self.device = default_device()
-        self.tokenizer = AutoTokenizer.from_pretrained(rm.path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(rm.path).to(self.device)
+        path = resolve_model(rm.path, rm.revision, "judge.reward_model.path")
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device)
         self.model.eval()
         if self.model.config.num_labels != 1:
             raise ValueError(

@@ -45,7 +45,7 @@ class Engines:
         if self._backend is None:
             from selfplay.generation import make_backend
 
-            self._backend = make_backend(self.cfg.generation)
+            self._backend = make_backend(self.cfg.generation, self.cfg.model.dtype)
         return self._backend
 
     @property

@@ -124,7 +124,7 @@ def guard_metrics(ctx: Context, round_id: int) -> dict[str, float] | None:
     )
     proxy = [v.score for v in verdicts if v.status == "ok" and v.score is not None]
 
-    sft = Scorer(sft_path)
+    sft = Scorer(sft_path, ctx.cfg.model.dtype)
     ref = sft.score([p.text for p in prompts], [y.token_ids for y in samples])
     del sft
     n = len(samples)

@@ -382,14 +382,16 @@ def score_responses(
     prompt_ids: list[list[int]],
     response_ids: list[list[int]],
     pad_id: int,
-    batch_size: int,
+    max_tokens_per_batch: int,
 ) -> list[float]:
     """S_M(y) for each (prompt, response), without grad and with dropout off (eval mode).
 
     Used to precompute reference log-probs once per round. Responses to the same prompt share
     one forward of it (up to RESPONSES_PER_ROW per row; models whose attention takes no custom
     mask score each response in a row of its own), rows of similar length are batched
-    together, about `batch_size` responses per forward. The model's train/eval mode is
+    together, each forward holding at most `max_tokens_per_batch` tokens padding included
+    (rows × the longest row; a row longer than that is a forward alone), so the memory of a
+    forward is bounded whatever the responses' lengths. The model's train/eval mode is
     restored afterwards.
     """
     if len(prompt_ids) != len(response_ids):
@@ -402,7 +404,11 @@ def score_responses(
     for i, p in enumerate(prompt_ids):
         by_prompt.setdefault(tuple(p), []).append(i)
     rows = [idx[k : k + per_row] for idx in by_prompt.values() for k in range(0, len(idx), per_row)]
-    rows.sort(key=lambda r: len(prompt_ids[r[0]]) + sum(len(response_ids[i]) for i in r))
+
+    def width(row: list[int]) -> int:
+        return len(prompt_ids[row[0]]) + sum(len(response_ids[i]) for i in row)
+
+    rows.sort(key=width)
     was_training = model.training
     model.eval()
     scores = [0.0] * len(prompt_ids)
@@ -410,9 +416,11 @@ def score_responses(
         with torch.inference_mode():
             start = 0
             while start < len(rows):
-                stop, count = start, 0
-                while stop < len(rows) and count < batch_size:
-                    count += len(rows[stop])
+                # Rows are sorted by width: the last one added sets the padded width.
+                stop = start + 1
+                while stop < len(rows) and (stop + 1 - start) * width(rows[stop]) <= (
+                    max_tokens_per_batch
+                ):
                     stop += 1
                 chunk = rows[start:stop]
                 start = stop

@@ -89,7 +89,7 @@ def test_score_responses_batches_in_eval_mode(tiny_llama):
     want = [hand_logprob(model, p, r) for p, r in zip(PROMPTS, RESPONSES, strict=True)]
     model.train()
     assert hand_logprob(model, PROMPTS[0], RESPONSES[0]) != pytest.approx(want[0])  # dropout on
-    scores = score_responses(model, PROMPTS, RESPONSES, PAD, batch_size=2)
+    scores = score_responses(model, PROMPTS, RESPONSES, PAD, max_tokens_per_batch=12)
     assert scores == pytest.approx(want, abs=1e-5)
     assert model.training  # the caller's mode is restored
 
@@ -140,9 +140,9 @@ def test_score_responses_shares_prompts_and_keeps_the_order(tiny_llama):
     prompts = [p for p, rs in zip(PROMPTS, GROUPS, strict=True) for _ in rs] * 2
     responses = [r for rs in GROUPS for r in rs] * 2
     want = [hand_logprob(model, p, r) for p, r in zip(prompts, responses, strict=True)]
-    assert score_responses(model, prompts, responses, PAD, batch_size=3) == pytest.approx(
-        want, abs=1e-5
-    )
+    assert score_responses(
+        model, prompts, responses, PAD, max_tokens_per_batch=24
+    ) == pytest.approx(want, abs=1e-5)
 
 
 @pytest.mark.parametrize("saved", [True, False])
@@ -184,3 +184,25 @@ def test_fused_head_matches_the_models_own_logits(tiny_llama, monkeypatch, group
     torch.testing.assert_close(got, run(plain), atol=1e-5, rtol=0)
     for (name, a), b in zip(fused.named_parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_score_responses_bounds_each_forward_by_the_token_budget(tiny_llama, attn):
+    model = tiny_llama(attn_implementation=attn)
+    g = torch.Generator().manual_seed(0)
+    prompts = [PROMPTS[i % 3] for i in range(12)]
+    responses = [torch.randint(3, 20, (n,), generator=g).tolist() for n in range(1, 13)]
+    widths = []
+    hook = model.model.register_forward_pre_hook(
+        lambda _, args, kwargs: widths.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    budget = 30
+    scores = score_responses(model, prompts, responses, PAD, max_tokens_per_batch=budget)
+    hook.remove()
+    # Every forward holds at most `budget` tokens, but a row longer than that, which goes alone.
+    assert len(widths) > 1
+    assert all(rows * width <= budget or rows == 1 for rows, width in widths)
+    one_forward = score_responses(model, prompts, responses, PAD, max_tokens_per_batch=10**6)
+    want = [hand_logprob(model, p, r) for p, r in zip(prompts, responses, strict=True)]
+    assert scores == pytest.approx(want, abs=1e-5)
+    assert scores == pytest.approx(one_forward, abs=1e-5)

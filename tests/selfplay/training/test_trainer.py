@@ -14,8 +14,8 @@ REJECTED = [[7, 2], [8, 9, 10, 2]]
 
 def make_pairs(model) -> list[PairExample]:
     rejected = [REJECTED[i % 2] for i in range(len(PROMPTS))]
-    ref_c = score_responses(model, PROMPTS, [CHOSEN] * len(PROMPTS), PAD, batch_size=4)
-    ref_r = score_responses(model, PROMPTS, rejected, PAD, batch_size=4)
+    ref_c = score_responses(model, PROMPTS, [CHOSEN] * len(PROMPTS), PAD, max_tokens_per_batch=64)
+    ref_r = score_responses(model, PROMPTS, rejected, PAD, max_tokens_per_batch=64)
     return [
         PairExample(p, CHOSEN, r, c, rr)
         for p, r, c, rr in zip(PROMPTS, rejected, ref_c, ref_r, strict=True)
@@ -25,8 +25,12 @@ def make_pairs(model) -> list[PairExample]:
 def log_ratio_margins(model, pairs: list[PairExample]) -> torch.Tensor:
     """h = ℓ(y_w) − ℓ(y_l) of each pair under the model."""
     prompts = [p.prompt_ids for p in pairs]
-    c = score_responses(model, prompts, [p.chosen_ids for p in pairs], PAD, batch_size=8)
-    r = score_responses(model, prompts, [p.rejected_ids for p in pairs], PAD, batch_size=8)
+    c = score_responses(
+        model, prompts, [p.chosen_ids for p in pairs], PAD, max_tokens_per_batch=128
+    )
+    r = score_responses(
+        model, prompts, [p.rejected_ids for p in pairs], PAD, max_tokens_per_batch=128
+    )
     return torch.tensor(
         [
             (c_ - p.ref_chosen_logp) - (r_ - p.ref_rejected_logp)
