@@ -36,7 +36,13 @@ from transformers import PreTrainedModel
 from selfplay.checkpoints import save_checkpoint
 from selfplay.faults import commit_point
 from selfplay.training.config import TrainingConfig
-from selfplay.training.trainer import PairExample, load_trainable, merged_for_saving, train_on_pairs
+from selfplay.training.trainer import (
+    PairExample,
+    load_trainable,
+    merged_for_saving,
+    train_on_pairs,
+    with_lora,
+)
 
 JOB_FILE = "job.json"
 METRICS_FILE = "metrics.jsonl"
@@ -60,6 +66,7 @@ class Job:
     pad_id: int
     seed: int
     target: str
+    save_dtype: str | None = None  # a torch dtype's name: the checkpoint's weights in it
 
 
 def round_job_dir(output_dir: Path, round_index: int) -> Path:
@@ -205,18 +212,26 @@ def wrap(model: PreTrainedModel, cfg: TrainingConfig, device: torch.device) -> t
 
 def _save(model: torch.nn.Module, job: Job, rank: int) -> None:
     """Gather the trained weights to rank 0 (on its CPU) and save them there as the checkpoint
-    (LoRA merged, as the single-device path saves it)."""
-    from transformers import AutoTokenizer
+    (LoRA merged, as the single-device path saves it).
 
+    The gathered tensors become the weights of an empty frame of the policy (built on the meta
+    device), so rank 0 holds one full copy, not two.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    model.zero_grad(set_to_none=True)
     state = get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
     if rank == 0:
-        plain_cfg = job.cfg.model_copy(update={"compile": False, "gradient_checkpointing": False})
-        plain = load_trainable(job.policy_path, plain_cfg, "cpu")
-        plain.load_state_dict(state)
+        with torch.device("meta"):
+            plain = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(job.policy_path))
+        if job.cfg.lora is not None:
+            plain = with_lora(plain, job.cfg)
+        plain.load_state_dict(state, assign=True)
         tokenizer = AutoTokenizer.from_pretrained(job.policy_path)
-        save_checkpoint(merged_for_saving(plain), tokenizer, Path(job.target))
+        dtype = getattr(torch, job.save_dtype) if job.save_dtype is not None else None
+        save_checkpoint(merged_for_saving(plain), tokenizer, Path(job.target), dtype=dtype)
     dist.barrier()
 
 

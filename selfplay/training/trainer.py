@@ -71,7 +71,7 @@ def load_trainable(path: str, cfg: TrainingConfig, device: str) -> PreTrainedMod
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora is not None:
-        model = _with_lora(model, cfg)
+        model = with_lora(model, cfg)
     if cfg.compile:
         compile_layers(model)
     return model
@@ -86,7 +86,8 @@ def compile_layers(model: PreTrainedModel) -> None:
         module.compile()
 
 
-def _with_lora(model: PreTrainedModel, cfg: TrainingConfig) -> PreTrainedModel:
+def with_lora(model: PreTrainedModel, cfg: TrainingConfig) -> PreTrainedModel:
+    """`model` with `cfg.lora`'s adapters (peft), only they trainable."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
