@@ -95,6 +95,9 @@ class Round(Base):
     )
     heldout_accuracy: Mapped[float | None] = mapped_column(Float)
     wall_time_s: Mapped[float] = mapped_column(Float, default=0.0, doc="Summed over attempts.")
+    no_pairs_reason: Mapped[str | None] = mapped_column(
+        Text, doc="Why the pair builder made no pair in this round; null when it made some."
+    )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -217,6 +220,9 @@ class RoundSummaryRecord(Base):
     mean_rejected_tokens: Mapped[float | None] = mapped_column(Float)
     judge_agreement: Mapped[float | None] = mapped_column(Float)
     reward_margin: Mapped[float | None] = mapped_column(Float)
+    truncated_responses: Mapped[int] = mapped_column(
+        default=0, server_default="0", doc="Responses cut at max_new_tokens."
+    )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 

@@ -185,6 +185,7 @@ class ScoredResponse:
     sample_index: int = 0
     text: str = ""
     revises_id: int | None = None  # critique → revise: the response this one rewrites
+    finish_reason: str = "stop"  # "length": cut at max_new_tokens (pairing.truncated)
 
 
 def scored_responses(session: Session, round_id: int, judge: str) -> list[ScoredResponse]:
@@ -200,6 +201,7 @@ def scored_responses(session: Session, round_id: int, judge: str) -> list[Scored
             Response.sample_index,
             Response.text,
             Response.revises_id,
+            Response.finish_reason,
         )
         .join(Judgment, Judgment.response_id == Response.id)
         .where(
@@ -215,6 +217,7 @@ def scored_responses(session: Session, round_id: int, judge: str) -> list[Scored
             Response.sample_index,
             Response.text,
             Response.revises_id,
+            Response.finish_reason,
         )
         .order_by(Response.id)
     )

@@ -40,10 +40,14 @@ class RoundSummary:
     error: str | None = None
     prompts: int = 0
     responses: int = 0
+    truncated_responses: int = 0
+    """Responses cut at max_new_tokens (finish_reason "length")."""
     mean_response_tokens: float | None = None
     judgments: dict[str, int] = field(default_factory=dict)
     mean_score: float | None = None
     pairs: int = 0
+    no_pairs_reason: str | None = None
+    """Why the pair builder made no pair in this round (stored on the round's row)."""
     mean_margin: float | None = None
     mean_chosen_score: float | None = None
     mean_rejected_score: float | None = None
@@ -67,8 +71,13 @@ class RoundSummary:
     summarized: bool = False
     """True when read from the round's stored summary, False when computed from its rows now."""
 
+    @property
+    def truncated_share(self) -> float | None:
+        """truncated_responses / responses; None before the round has responses."""
+        return self.truncated_responses / self.responses if self.responses else None
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"truncated_share": self.truncated_share}
 
 
 SUMMARY_FIELDS = tuple(
@@ -214,6 +223,7 @@ def _head(rnd: Round, evals: dict[str, float]) -> dict[str, Any]:
         "index": rnd.index,
         "status": rnd.status,
         "error": rnd.error,
+        "no_pairs_reason": rnd.no_pairs_reason,
         "heldout_accuracy": rnd.heldout_accuracy,
         "wall_time_s": rnd.wall_time_s,
         **{name: evals.get(metric) for name, metric in _JUDGE_EVAL.items()},
@@ -225,9 +235,14 @@ def _from_rows(session: Session, rnd: Round, evals: dict[str, float]) -> RoundSu
     index (2–3.5 s for a round of 100 000 pairs on a loaded machine: done rounds store them)."""
     st = RoundSummary(**_head(rnd, evals))
     st.prompts = session.scalar(select(func.count()).where(Prompt.round_id == rnd.id)) or 0
-    st.responses, st.mean_response_tokens = session.execute(
-        select(func.count(), func.avg(Response.num_tokens)).where(Response.round_id == rnd.id)
+    st.responses, st.mean_response_tokens, truncated = session.execute(
+        select(
+            func.count(),
+            func.avg(Response.num_tokens),
+            func.sum(case((Response.finish_reason == "length", 1), else_=0)),
+        ).where(Response.round_id == rnd.id)
     ).one()
+    st.truncated_responses = int(truncated or 0)
     round_responses = select(Response.id).where(Response.round_id == rnd.id)
     # One pass over the round's judgments: counts by status, the mean ok score, and whether any
     # response can have two judgments at all (a second judge or a repeat; the unique key is

@@ -185,6 +185,18 @@ def run_round(ctx: Context, round_id: int, executor: Executor) -> None:
     _set_status(ctx, round_id, RoundStatus.DONE)
 
 
+def round_line(summary: summaries.RoundSummary) -> str:
+    """The line printed when a round finishes: its pairs (or why it has none), the share of
+    truncated responses when any, held-out accuracy and wall time."""
+    pairs = summary.no_pairs_reason or f"{summary.pairs} pairs"
+    cut = summary.truncated_responses
+    truncated = f" ({cut} of {summary.responses} responses truncated)" if cut else ""
+    return (
+        f"round {summary.index}: {pairs}{truncated}, held-out accuracy "
+        f"{format_accuracy(summary.heldout_accuracy)}, {summary.wall_time_s:.1f}s"
+    )
+
+
 def create_store(url: str) -> Engine:
     """The engine of the store at `url`, created (a SQLite file readable by its owner only) and
     migrated to this selfplay's schema; a ConfigError naming `store.url` when the file cannot
@@ -249,11 +261,7 @@ def run_loop(
                 run_round(ctx, round_id, executor)
             with sessions() as s:
                 (summary,) = summaries.round_summaries(s, ctx.run_id, index)
-            reporter.line(
-                f"round {index}: {summary.pairs} pairs, held-out accuracy "
-                f"{format_accuracy(summary.heldout_accuracy)}, {summary.wall_time_s:.1f}s"
-                + (" (already done)" if already_done else "")
-            )
+            reporter.line(round_line(summary) + (" (already done)" if already_done else ""))
             for path in prune_checkpoints(sessions, ctx.run_id, cfg.guards.keep_last):
                 reporter.line(f"  deleted checkpoint {path} (guards.keep_last)")
         with sessions() as s:

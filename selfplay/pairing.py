@@ -14,7 +14,7 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from db.queries import ScoredResponse
 
@@ -317,6 +317,79 @@ def replay_choice(
         n = min(len(ids), round(fraction * current))
         out += rng.sample(sorted(ids), n)
     return out
+
+
+def is_truncated(s: ScoredResponse) -> bool:
+    """Whether the response was cut at max_new_tokens instead of ending its turn."""
+    return s.finish_reason == "length"
+
+
+def handle_truncated(
+    scored: Sequence[ScoredResponse], mode: str, penalty: float
+) -> list[ScoredResponse]:
+    """pairing.truncated applied before pairing: "drop" leaves truncated responses out,
+    "penalize" subtracts `penalty` from their score (TRL's missing_eos_penalty), "keep" pairs
+    them like finished ones."""
+    if mode == "keep":
+        return list(scored)
+    if mode == "drop":
+        return [s for s in scored if not is_truncated(s)]
+    return [replace(s, score=s.score - penalty) if is_truncated(s) else s for s in scored]
+
+
+def no_pairs_reason(
+    builder: str,
+    judged: Sequence[ScoredResponse],
+    candidates: Sequence[ScoredResponse],
+    p: PairParams,
+    truncated: str,
+) -> str:
+    """Why `builder` made no pair from `candidates` (the round's `judged` samples after
+    pairing.truncated `truncated`), as one line for the round's report, e.g.
+    "0 pairs: all 64 judged responses truncated (pairing.truncated: drop)"."""
+    if not judged:
+        return "0 pairs: no response has a successful judgment"
+    cut = sum(map(is_truncated, judged))
+    if not candidates:
+        return f"0 pairs: all {cut} judged responses truncated (pairing.truncated: {truncated})"
+    groups = [g for g in _by_prompt(candidates, 0).values() if len(g) >= 2]
+    left = f" ({cut} truncated dropped)" if truncated == "drop" and cut else ""
+    if not groups:
+        return f"0 pairs: no prompt has two judged responses{left}"
+    if builder == "dno":
+        return _no_dno_pairs(groups, p) + left
+    if builder == "xpo":
+        mixed = [g for g in groups if len({c.sample_index < p.policy_samples for c in g}) == 2]
+        if not mixed:
+            return f"0 pairs: no prompt has both a policy and a reference sample{left}"
+    if all(len({c.score for c in g}) == 1 for g in groups):
+        return f"0 pairs: every prompt's responses scored equal{left}"
+    return f"0 pairs: the {builder} builder found no pair that it keeps{left}"
+
+
+def _no_dno_pairs(groups: Sequence[Sequence[ScoredResponse]], p: PairParams) -> str:
+    """Why DNO's large-margin rule kept no pair among `groups` (prompts with ≥ 2 responses)."""
+    gaps = []
+    for g in groups:
+        rates = win_rates([c.score for c in g], p.bt_temperature, include_self=False)
+        degenerate = [is_degenerate(c.text, p.degenerate_ngram) for c in g]
+        rates = [0.0 if d else r for r, d in zip(rates, degenerate, strict=True)]
+        positives = [
+            r
+            for r, c, d in zip(rates, g, degenerate, strict=True)
+            if not d and (p.dno_min_positive_score is None or c.score >= p.dno_min_positive_score)
+        ]
+        if positives:
+            gaps.append(max(positives) - min(rates))
+    if not gaps:
+        return (
+            "0 pairs: no response can be a DNO positive (every one degenerate or scored below "
+            f"dno_min_positive_score {p.dno_min_positive_score})"
+        )
+    return (
+        f"0 pairs: every win-rate gap below dno_margin {p.dno_margin:g} (largest "
+        f"{max(gaps):.3f} at bt_temperature {p.bt_temperature:g})"
+    )
 
 
 Builder = Callable[[Sequence[ScoredResponse], PairParams, int], list[PairChoice]]

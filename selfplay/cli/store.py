@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -58,6 +59,14 @@ def _print_json(data: Any) -> None:
 
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "" if x is None else f"{x:.{digits}f}"
+
+
+def _share(count: int, share: float | None) -> str:
+    return "" if share is None else f"{count} ({share:.0%})"
+
+
+def _why_no_pairs(st: RoundSummary) -> str:
+    return (st.no_pairs_reason or "").removeprefix("0 pairs: ")
 
 
 @db_app.command("upgrade")
@@ -111,10 +120,12 @@ def _stats_table(run_name: str, stats: list[RoundSummary]) -> Table:
         ("status", lambda st: st.status),
         ("prompts", lambda st: str(st.prompts)),
         ("responses", lambda st: str(st.responses)),
+        ("truncated", lambda st: _share(st.truncated_responses, st.truncated_share)),
         ("mean tokens", lambda st: _fmt(st.mean_response_tokens, 1)),
         ("judgments", lambda st: " ".join(f"{k}:{v}" for k, v in sorted(st.judgments.items()))),
         ("mean score", lambda st: _fmt(st.mean_score)),
         ("pairs", lambda st: str(st.pairs)),
+        ("why no pairs", lambda st: _why_no_pairs(st)),
         ("chosen score", lambda st: _fmt(st.mean_chosen_score)),
         ("rejected score", lambda st: _fmt(st.mean_rejected_score)),
         ("margin", lambda st: _fmt(st.mean_margin)),
@@ -181,14 +192,20 @@ def _rounds_table(
     from db.models import EXTERNAL_CHECKPOINT_PREFIX
 
     shown = [f for f in _JUDGE_EVAL_COLUMNS if any(getattr(st, f) is not None for st in summaries)]
+    # Shown when some round has them: the truncated share, and why a round has no pairs.
+    extra: list[tuple[str, Callable[[RoundSummary], str]]] = []
+    if any(st.truncated_responses for st in summaries):
+        extra.append(("truncated", lambda st: _share(st.truncated_responses, st.truncated_share)))
+    if any(st.no_pairs_reason for st in summaries):
+        extra.append(("why no pairs", _why_no_pairs))
     table = Table(title=f"run {run_name}")
     columns = ("round", "stage", "responses", "pairs", "held-out acc", "wall time")
-    for col in (*columns, *(_JUDGE_EVAL_COLUMNS[f] for f in shown)):
-        table.add_column(col, justify="right" if col != "stage" else "left")
+    for col in (*columns, *(_JUDGE_EVAL_COLUMNS[f] for f in shown), *(n for n, _ in extra)):
+        table.add_column(col, justify="left" if col in ("stage", "why no pairs") else "right")
     if initial is not None:
         stage = "external" if initial.path.startswith(EXTERNAL_CHECKPOINT_PREFIX) else "sft"
         acc = format_accuracy(initial.heldout_accuracy)
-        table.add_row("initial", stage, "", "", acc, "", *[""] * len(shown))
+        table.add_row("initial", stage, "", "", acc, "", *[""] * (len(shown) + len(extra)))
     for st in summaries:
         stage = st.status + (f": {st.error.splitlines()[0]}" if st.error else "")
         table.add_row(
@@ -199,6 +216,7 @@ def _rounds_table(
             format_accuracy(st.heldout_accuracy),
             f"{st.wall_time_s:.1f}s",
             *(_fmt(getattr(st, f)) for f in shown),
+            *(get(st) for _, get in extra),
         )
     return table
 

@@ -10,7 +10,15 @@ from db import queries
 from db.engine import transaction
 from db.models import Metric, Pair
 from selfplay.faults import commit_point
-from selfplay.pairing import PAIR_BUILDERS, PairParams, replay_choice, revision_pairs
+from selfplay.pairing import (
+    PAIR_BUILDERS,
+    PairParams,
+    handle_truncated,
+    is_truncated,
+    no_pairs_reason,
+    replay_choice,
+    revision_pairs,
+)
 from selfplay.stages.context import Context, derive_seed, get_round, metric_rows
 
 _PAIR_FIELDS = (
@@ -51,7 +59,9 @@ def _replayed_pairs(ctx: Context, round_index: int, round_id: int, own: int) -> 
 
 
 def pair_round(ctx: Context, round_id: int) -> None:
-    """Build and store the round's pairs from its judgments, with the stage's metrics."""
+    """Build and store the round's pairs from its judgments, with the stage's metrics; truncated
+    responses are handled as pairing.truncated says, and a round without pairs stores why on
+    its row (`no_pairs_reason`)."""
     cfg = ctx.cfg.pairing
     with ctx.sessions() as s:
         rnd = get_round(s, round_id)
@@ -67,6 +77,8 @@ def pair_round(ctx: Context, round_id: int) -> None:
         policy_samples=ctx.cfg.generation.samples_per_prompt,
     )
     builder = PAIR_BUILDERS[cfg.builder]
+    judged = [r for r in scored if r.revises_id is None]
+    scored = handle_truncated(scored, cfg.truncated, cfg.missing_eos_penalty)
     # The configured builder sees the round's samples only; revisions pair with their originals.
     samples = [r for r in scored if r.revises_id is None]
     choices = builder(samples, params, derive_seed(ctx.cfg.run.seed, round_index))
@@ -80,8 +92,16 @@ def pair_round(ctx: Context, round_id: int) -> None:
             queries.insert_ignore(s, Pair, rows[i : i + size])
         commit_point("pairing")
     scores = [r.score for r in samples]
+    reason = None
+    if not rows:
+        reason = no_pairs_reason(cfg.builder, judged, samples, params, cfg.truncated)
     with transaction(ctx.sessions) as s:
-        values = {"pairs": float(len(rows)), "judged": float(len(samples))}
+        get_round(s, round_id).no_pairs_reason = reason
+        values = {
+            "pairs": float(len(rows)),
+            "judged": float(len(judged)),
+            "truncated": float(sum(map(is_truncated, judged))),
+        }
         if scores:
             values["mean_score"] = sum(scores) / len(scores)
         if len(samples) < len(scored):

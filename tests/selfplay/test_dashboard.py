@@ -6,7 +6,7 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 
 from selfplay.dashboard import create_app
 
@@ -143,3 +143,23 @@ def test_line_chart_skips_missing_points_and_says_when_empty():
     assert re.findall(r'class="tick">([^<]*)<', svg)[5:10] == ["0", "2", "3", "4", "6"]
     assert "no data" in str(line_chart("acc", [0, 1], {"a": [None, None]}))
     assert "&lt;b&gt;" in str(line_chart("<b>", [0], {"a": [1.0]}))
+
+
+def test_round_page_shows_the_truncated_share_and_why_a_round_has_no_pairs(seeded_url):
+    from db.engine import make_engine
+    from db.models import Pair, Response, Round
+
+    engine = make_engine(seeded_url)
+    with engine.begin() as conn:
+        first = conn.execute(select(Round.id).where(Round.index == 0)).scalar_one()
+        some = select(Response.id).where(Response.round_id == first).limit(3).scalar_subquery()
+        conn.execute(update(Response).where(Response.id.in_(some)).values(finish_reason="length"))
+        conn.execute(delete(Pair).where(Pair.round_id == first))
+        reason = "0 pairs: every win-rate gap below dno_margin 0.25 (largest 0.019 …)"
+        conn.execute(update(Round).where(Round.id == first).values(no_pairs_reason=reason))
+    engine.dispose()
+    with TestClient(create_app(seeded_url)) as c:
+        page = c.get("/runs/1/rounds/0").text
+    truncated = re.search(r'<tr id="truncated">.*?<td class="num">(.*?)</td>', page).group(1)
+    assert truncated == "3 (25%)"  # of the round's 12 responses
+    assert '<span id="no-pairs-reason" class="error">0 pairs: every win-rate gap below' in page

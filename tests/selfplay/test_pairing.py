@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from db.queries import ScoredResponse
 from selfplay.algorithms import BUILDERS
 from selfplay.pairing import (
@@ -209,3 +211,56 @@ def test_replay_choice_fractions():
 
 def test_every_registered_builder_has_a_function():
     assert list(PAIR_BUILDERS) == list(BUILDERS)
+
+
+def _cut(rows: list[tuple[int, int, float, bool]]) -> list[ScoredResponse]:
+    """(response id, prompt id, score, truncated) rows."""
+    return [
+        ScoredResponse(rid, pid, score, 4, finish_reason="length" if cut else "stop")
+        for rid, pid, score, cut in rows
+    ]
+
+
+TRUNCATED_ROUND = _cut([(1, 1, 0.9, True), (2, 1, 0.5, False), (3, 1, 0.1, False)])
+
+
+def test_truncated_responses_are_dropped_penalized_or_kept():
+    from selfplay.pairing import handle_truncated
+
+    p = PairParams(max_pairs_per_prompt=1)
+    dropped = max_min_pairs(handle_truncated(TRUNCATED_ROUND, "drop", 1.0), p, seed=0)
+    assert [(c.chosen_id, c.rejected_id) for c in dropped] == [(2, 3)]
+    # TRL's missing_eos_penalty: the truncated 0.9 becomes -0.1, the worst of the prompt.
+    penalized = max_min_pairs(handle_truncated(TRUNCATED_ROUND, "penalize", 1.0), p, seed=0)
+    assert [(c.chosen_id, c.rejected_id) for c in penalized] == [(2, 1)]
+    assert penalized[0].rejected_score == pytest.approx(-0.1)
+    kept = max_min_pairs(handle_truncated(TRUNCATED_ROUND, "keep", 1.0), p, seed=0)
+    assert [(c.chosen_id, c.rejected_id, c.rejected_score) for c in kept] == [(1, 3, 0.1)]
+
+
+def test_no_pairs_reason_names_what_stopped_the_builder():
+    from selfplay.pairing import handle_truncated, no_pairs_reason
+
+    p = PairParams(dno_margin=0.25, bt_temperature=1.0)
+    everything_cut = _cut([(i, i // 4, 1.0, True) for i in range(64)])
+    left = handle_truncated(everything_cut, "drop", 1.0)
+    assert no_pairs_reason("max_min", everything_cut, left, p, "drop") == (
+        "0 pairs: all 64 judged responses truncated (pairing.truncated: drop)"
+    )
+    # Raw reward-model logits a few hundredths apart: σ(Δ/T) ≈ ½ for every pair at T = 1.
+    close = table([(1, 1, 0.01), (2, 1, 0.03), (3, 1, 0.06), (4, 2, 0.2), (5, 2, 0.21)])
+    assert dno_pairs(close, p, seed=0) == []
+    assert no_pairs_reason("dno", close, close, p, "drop") == (
+        "0 pairs: every win-rate gap below dno_margin 0.25 (largest 0.019 at bt_temperature 1)"
+    )
+    ties = table([(1, 1, 1.0), (2, 1, 1.0), (3, 2, 0.0), (4, 2, 0.0)])
+    assert no_pairs_reason("max_min", ties, ties, p, "keep") == (
+        "0 pairs: every prompt's responses scored equal"
+    )
+    single = _cut([(1, 1, 1.0, False), (2, 1, 0.0, True), (3, 2, 0.5, False)])
+    assert no_pairs_reason("max_min", single, handle_truncated(single, "drop", 1), p, "drop") == (
+        "0 pairs: no prompt has two judged responses (1 truncated dropped)"
+    )
+    assert no_pairs_reason("max_min", [], [], p, "drop") == (
+        "0 pairs: no response has a successful judgment"
+    )
