@@ -111,6 +111,12 @@ class RewardModelJudgeConfig(StrictConfig):
         None, description="Model directory or hub id (required), resolved like model.path."
     )
     revision: str | None = Field(None, description="Hub revision of a hub id `path`.")
+    # The values of model.dtype (selfplay.config.ModelDtype, which imports this module).
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="Precision of the reward model; auto: its checkpoint's own dtype on a GPU, "
+        "float32 on a CPU (like model.dtype).",
+    )
     batch_size: int = Field(32, ge=1, description="Responses scored per forward pass.")
     max_length: int = Field(1024, ge=8, description="Truncation length of prompt + response.")
 

@@ -21,10 +21,12 @@ from selfplay.config import JudgeConfig
 from selfplay.devices import default_device
 from selfplay.judges.base import BaseJudge, JudgeEnv, JudgeItem, Verdict
 from selfplay.model_source import resolve_model
+from selfplay.precision import load_dtype
 
 
 class RewardModelJudge(BaseJudge):
-    """Scores responses with a reward model loaded once (CUDA when available)."""
+    """Scores responses with a reward model loaded once (CUDA when available) in
+    `reward_model.dtype`; scores are float32 whatever it computes in."""
 
     name = "reward_model"
 
@@ -34,7 +36,9 @@ class RewardModelJudge(BaseJudge):
         self.device = default_device()
         path = resolve_model(rm.path, rm.revision, "judge.reward_model.path")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device)
+        dtype = load_dtype(rm.dtype, path, self.device)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+        self.model.to(self.device)
         self.model.eval()
         if self.model.config.num_labels != 1:
             raise ValueError(

@@ -133,3 +133,22 @@ def test_a_tokenizer_without_pad_pads_with_the_configs_pad_id(tmp_path: Path):
     padded = _judge(path, batch_size=4).judge(items)
     assert all(v.status == "ok" for v in one + padded)
     assert [v.score for v in padded] == pytest.approx([v.score for v in one], abs=1e-5)
+
+
+def test_reward_model_dtype(reward_model_dir: Path):
+    items = [JudgeItem(CONVERSATION, "10"), JudgeItem(Prompt("Tips?"), "Walk slowly.")]
+    auto = _judge(reward_model_dir, batch_size=2)  # auto on a CPU: float32
+    assert auto.model.dtype == torch.float32
+    cfg = parse_config(
+        {
+            "judge": {
+                "name": "reward_model",
+                "reward_model": {"path": str(reward_model_dir), "dtype": "bfloat16"},
+            }
+        }
+    ).judge
+    half = make_judge(cfg, JudgeEnv(task=None))
+    assert half.model.dtype == torch.bfloat16
+    got, want = half.judge(items), auto.judge(items)
+    assert all(isinstance(v.score, float) for v in got)
+    assert [v.score for v in got] == pytest.approx([v.score for v in want], abs=0.05)
