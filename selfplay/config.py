@@ -188,10 +188,10 @@ class EngineConfig(StrictConfig):
         description="Sequences the engine runs at once (sglang: max_running_requests); unset: "
         "the engine's default.",
     )
-    enable_prefix_caching: bool = Field(
-        True,
-        description="Reuse the KV cache of a shared prompt prefix (the K samples of a prompt); "
-        "sglang: false disables its radix cache.",
+    enable_prefix_caching: bool | None = Field(
+        None,
+        description="Reuse the KV cache of a shared prompt prefix (the K samples of a prompt; "
+        "sglang: its radix cache); unset: the engine's default (on where the model allows).",
     )
 
 

@@ -82,7 +82,7 @@ class SGLangBackend:
                 skip_tokenizer_init=True,
                 tp_size=self.engine_cfg.tensor_parallel_size,
                 max_running_requests=self.engine_cfg.max_num_seqs,
-                disable_radix_cache=not self.engine_cfg.enable_prefix_caching,
+                disable_radix_cache=self.engine_cfg.enable_prefix_caching is False,
             )
             kind = "build"
         self.tokenizer, self.checkpoint_dir, self._signature = tokenizer, path, signature

@@ -73,9 +73,8 @@ class VLLMBackend:
             enforce_eager=self.engine.enforce_eager,
             max_model_len=self.engine.max_model_len,
             tensor_parallel_size=self.engine.tensor_parallel_size,
+            max_num_seqs=self.engine.max_num_seqs,
             enable_prefix_caching=self.engine.enable_prefix_caching,
-            # None is not "the default" to vLLM's EngineArgs: leave it out.
-            **({"max_num_seqs": self.engine.max_num_seqs} if self.engine.max_num_seqs else {}),
         )
 
     def close(self) -> None:

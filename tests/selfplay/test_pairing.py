@@ -227,6 +227,9 @@ TRUNCATED_ROUND = _cut([(1, 1, 0.9, True), (2, 1, 0.5, False), (3, 1, 0.1, False
 def test_truncated_responses_are_dropped_penalized_or_kept():
     from selfplay.pairing import handle_truncated
 
+    from selfplay.config import PairingConfig
+
+    assert PairingConfig().truncated == "drop"  # the default
     p = PairParams(max_pairs_per_prompt=1)
     dropped = max_min_pairs(handle_truncated(TRUNCATED_ROUND, "drop", 1.0), p, seed=0)
     assert [(c.chosen_id, c.rejected_id) for c in dropped] == [(2, 3)]

@@ -25,6 +25,8 @@ TINY = {
     "task": {"prompts_per_round": 8, "heldout_size": 6},
     "generation": {"samples_per_prompt": 2, "prompts_per_batch": 4, "max_new_tokens": 8},
     "evaluation": {"batch_size": 4},
+    # An untrained model never ends its answer before max_new_tokens: pair its truncated samples.
+    "pairing": {"truncated": "keep"},
 }
 
 

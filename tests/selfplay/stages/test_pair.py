@@ -68,7 +68,7 @@ def _judged_round(store, scores: list[tuple[float, str]], judge: str = "verifier
 
 
 def test_truncated_responses_are_dropped_and_a_round_without_pairs_says_why(round_store):
-    store = round_store(pairing={"builder": "max_min"})  # truncated: drop, the default
+    store = round_store(pairing={"builder": "max_min", "truncated": "drop"})  # the default
     ctx = store.context()
     try:
         insert_prompts(ctx, store.round_id)

@@ -53,6 +53,8 @@ SMALL = {
     "task": {"prompts_per_round": 16, "heldout_size": 50},
     "generation": {"samples_per_prompt": K, "prompts_per_batch": 8},
     "judge": {"name": "revise_digits_judge:DigitsJudge"},
+    # The untrained model (sft steps 0 below) rarely ends an answer: pair its truncated ones.
+    "pairing": {"truncated": "keep"},
     "revise": {
         "enabled": True,
         "max_per_round": 20,
