@@ -6,15 +6,18 @@ import pytest
 
 from db.queries import ScoredResponse
 from selfplay.algorithms import BUILDERS
+from selfplay.config import PairingConfig
 from selfplay.pairing import (
     PAIR_BUILDERS,
     PairParams,
     dno_pairs,
+    handle_truncated,
     inpo_pairs,
     is_degenerate,
     knockout,
     max_min_pairs,
     max_random_pairs,
+    no_pairs_reason,
     replay_choice,
     self_rewarding_pairs,
     sppo_pairs,
@@ -225,10 +228,6 @@ TRUNCATED_ROUND = _cut([(1, 1, 0.9, True), (2, 1, 0.5, False), (3, 1, 0.1, False
 
 
 def test_truncated_responses_are_dropped_penalized_or_kept():
-    from selfplay.pairing import handle_truncated
-
-    from selfplay.config import PairingConfig
-
     assert PairingConfig().truncated == "drop"  # the default
     p = PairParams(max_pairs_per_prompt=1)
     dropped = max_min_pairs(handle_truncated(TRUNCATED_ROUND, "drop", 1.0), p, seed=0)
@@ -242,8 +241,6 @@ def test_truncated_responses_are_dropped_penalized_or_kept():
 
 
 def test_no_pairs_reason_names_what_stopped_the_builder():
-    from selfplay.pairing import handle_truncated, no_pairs_reason
-
     p = PairParams(dno_margin=0.25, bt_temperature=1.0)
     everything_cut = _cut([(i, i // 4, 1.0, True) for i in range(64)])
     left = handle_truncated(everything_cut, "drop", 1.0)
