@@ -121,3 +121,13 @@ def test_run_with_a_model_it_cannot_find_exits_2_before_any_row(
     assert len(lines) == 1 and "Traceback" not in output, output
     assert message in lines[0]
     assert not store.exists() and not (tmp_path / "out").exists()
+
+
+def test_the_initial_policy_of_a_hub_id_is_its_cached_snapshot(hub_cache: Path):
+    from selfplay.config import parse_config
+    from selfplay.sft import prepare_policy
+    from selfplay.tasks import make_task
+
+    cfg = parse_config({"model": {"path": "org/tiny-chat", "revision": "v1"}})
+    path = prepare_policy(cfg.model, make_task(cfg.task, 0), seed=0)
+    assert path == hub_cache / "models--org--tiny-chat" / "snapshots" / SHA
