@@ -30,7 +30,7 @@ def hub_offline() -> bool:
 
 
 def _looks_like_a_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or os.sep * 2 in source or source == "."
+    return source.startswith(("/", "./", "../", "~"))
 
 
 def resolve_model(source: str, revision: str | None, field: str) -> Path:
@@ -46,7 +46,8 @@ def resolve_model(source: str, revision: str | None, field: str) -> Path:
             )
         return local
     offline = hub_offline()
-    where = " (HF_HUB_OFFLINE=1)" if offline else ""
+    # Online, snapshot_download reports a hub it cannot reach as a model missing from the cache.
+    where = " (HF_HUB_OFFLINE=1)" if offline else " (and the hub could not be reached)"
     if local.exists():
         raise ConfigError(f"{field}: {source} is not a directory")
     if _looks_like_a_path(source):

@@ -65,7 +65,8 @@ def test_a_local_directory_is_itself(chat_model_dir: Path):
             "model (HF_HUB_OFFLINE=1)",
         ),
         ("./missing-dir", None, "model.path: ./missing-dir: no such directory"),
-        ("not//an id", None, "model.path: not//an id: no such directory"),
+        ("/no/such/dir", None, "model.path: /no/such/dir: no such directory"),
+        ("org/a/b", None, "model.path: org/a/b is neither a directory nor a hub id (org/name)"),
         ("bad id!", None, "model.path: bad id! is neither a directory nor a hub id (org/name)"),
     ],
 )
