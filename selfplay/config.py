@@ -31,6 +31,7 @@ from selfplay.training.config import LoraConfig, TrainingConfig
 __all__ = [
     "ApiJudgeConfig",
     "ConfigError",
+    "DatasetConfig",
     "EngineConfig",
     "EnsembleConfig",
     "EvaluationConfig",
@@ -100,18 +101,73 @@ class StoreConfig(StrictConfig):
         return url
 
 
-class TaskConfig(StrictConfig):
-    name: Literal["arithmetic", "code", "jsonl"] = Field(
-        "arithmetic", description="Prompt source: arithmetic, code (write a function), jsonl."
+class DatasetConfig(StrictConfig):
+    """A Hugging Face dataset of prompts (task dataset; selfplay/tasks/dataset.py)."""
+
+    path: str = Field(
+        description="A save_to_disk directory (read with datasets.load_from_disk), or what "
+        "datasets.load_dataset takes: a hub id (org/name), a builder (json, parquet, csv) "
+        "with data_files, a directory of data files."
     )
-    prompts_per_round: int = Field(2048, ge=1, description="Fresh train prompts drawn each round.")
-    heldout_size: int = Field(500, ge=1, description="Size of the fixed held-out set.")
-    path: Path | None = Field(None, description="JSONL file of {'prompt': ...} lines (task jsonl).")
+    data_files: str | list[str] | None = Field(
+        None, description="Files of a builder path (json, parquet, csv): load_dataset's data_files."
+    )
+    subset: str | None = Field(
+        None, description="The dataset's configuration (load_dataset's name)."
+    )
+    revision: str | None = Field(None, description="Hub branch, tag or commit; unset: main.")
+    split: str = Field("train", description="The split read (of a DatasetDict or a hub dataset).")
+    prompt_field: str = Field(
+        "prompt",
+        description="Column of prompts: strings, or chat messages ending with a user turn.",
+    )
+    messages_field: str | None = Field(
+        None,
+        description="Column of chat transcripts to read instead of prompt_field (TRL's messages "
+        "format): the prompt is every turn up to the last user turn.",
+    )
+    answer_field: str | None = Field(
+        None, description="Column of reference answers (strings or integers); unset: none."
+    )
+    heldout_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of the rows held out for evaluation, drawn with run.seed among the "
+        "rows with an answer (needs answer_field); 0: no held-out set.",
+    )
 
     @model_validator(mode="after")
-    def _jsonl_needs_path(self) -> TaskConfig:
+    def _heldout_needs_answers(self) -> DatasetConfig:
+        if self.heldout_share > 0 and self.answer_field is None:
+            raise ValueError(
+                "task.dataset.heldout_share needs task.dataset.answer_field: held-out accuracy "
+                "compares responses with reference answers"
+            )
+        return self
+
+
+class TaskConfig(StrictConfig):
+    name: Literal["arithmetic", "code", "jsonl", "dataset"] = Field(
+        "arithmetic",
+        description="Prompt source: arithmetic, code (write a function), jsonl, dataset.",
+    )
+    prompts_per_round: int = Field(2048, ge=1, description="Fresh train prompts drawn each round.")
+    heldout_size: int = Field(
+        500, ge=1, description="Size of the fixed held-out set (tasks arithmetic and code)."
+    )
+    path: Path | None = Field(
+        None,
+        description="JSONL file of {'prompt': ...} or {'messages': ...} lines (task jsonl).",
+    )
+    dataset: DatasetConfig | None = Field(None, description="The dataset of task dataset.")
+
+    @model_validator(mode="after")
+    def _source_given(self) -> TaskConfig:
         if self.name == "jsonl" and self.path is None:
             raise ValueError("task.path is required when task.name is 'jsonl'")
+        if self.name == "dataset" and self.dataset is None:
+            raise ValueError("task.dataset (with its path) is required when task.name is 'dataset'")
         return self
 
 

@@ -8,12 +8,15 @@ from selfplay.config import TaskConfig
 from selfplay.tasks.arithmetic import ArithmeticTask
 from selfplay.tasks.base import Prompt, Task
 from selfplay.tasks.code import CodeTask
-from selfplay.tasks.jsonl import JsonlTask, TaskDataError
+from selfplay.tasks.dataset import DatasetTask
+from selfplay.tasks.jsonl import JsonlTask
+from selfplay.tasks.records import TaskDataError
 
 __all__ = [
     "TASKS",
     "ArithmeticTask",
     "CodeTask",
+    "DatasetTask",
     "JsonlTask",
     "Prompt",
     "Task",
@@ -35,10 +38,16 @@ def _jsonl(cfg: TaskConfig, seed: int) -> Task:
     return JsonlTask(cfg.path, seed=seed)
 
 
+def _dataset(cfg: TaskConfig, seed: int) -> Task:
+    assert cfg.dataset is not None  # TaskConfig's validator requires it for dataset
+    return DatasetTask(cfg.dataset, seed=seed)
+
+
 TASKS: dict[str, Callable[[TaskConfig, int], Task]] = {
     "arithmetic": _arithmetic,
     "code": _code,
     "jsonl": _jsonl,
+    "dataset": _dataset,
 }
 
 

@@ -107,3 +107,45 @@ class FixedPoolTask:
     def heldout_prompts(self) -> list[Prompt]:
         """The fixed held-out problems."""
         return list(self._heldout)
+
+
+def _show(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class GivenPromptsTask:
+    """A task over prompts a user gives (a JSONL file, a dataset): the train prompts are
+    shuffled once with an RNG seeded by (name, seed), then round r takes the window
+    [r*n, (r+1)*n) of that order, wrapping around, so rounds cycle through them. A response
+    is checked against the prompt's reference answer."""
+
+    def __init__(
+        self, name: str, train: Sequence[Prompt], heldout: Sequence[Prompt], seed: int
+    ) -> None:
+        self.seed = seed
+        self._train = list(train)
+        random.Random(f"{name}:{seed}").shuffle(self._train)
+        self._heldout = list(heldout)
+
+    def train_prompts(self, round_index: int, n: int) -> list[Prompt]:
+        """Round `round_index`'s window of `n` prompts from the seeded cyclic order."""
+        size = len(self._train)
+        start = round_index * n
+        return [self._train[(start + i) % size] for i in range(n)]
+
+    def heldout_prompts(self) -> list[Prompt]:
+        """The held-out prompts, in the order the task gives them."""
+        return list(self._heldout)
+
+    def verify(self, prompt: Prompt, response: str) -> tuple[bool, str]:
+        """Correct iff the stripped response equals, or starts with, the stripped answer."""
+        if prompt.answer is None:
+            return False, "no reference answer"
+        answer, text = prompt.answer.strip(), response.strip()
+        if text.startswith(answer):
+            return True, "matches the reference answer"
+        return False, f"expected {_show(answer)}, got {_show(text)}"
+
+    def reference_response(self, prompt: Prompt) -> str | None:
+        """The answer itself: the data gives no other response format."""
+        return prompt.answer

@@ -129,3 +129,56 @@ def test_a_judge_factory_that_raises_exits_2_before_the_run_is_written(
     with engine.connect() as conn:  # no run row: fixing the judge is not a changed config
         assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 0
     engine.dispose()
+
+
+def _task_error(tmp_path: Path, task: dict) -> str:
+    """The one error line of `selfplay run` on this task section; asserts exit 2, no run row."""
+    store = tmp_path / "out" / "selfplay.db"
+    code, output = _run(
+        tmp_path,
+        {
+            "run": {"output_dir": str(tmp_path / "out")},
+            "task": task,
+            "store": {"url": f"sqlite:///{store}"},
+        },
+    )
+    assert code == 2, output
+    assert not store.exists()  # no run row: fixing the data then runs, not "a changed config"
+    return _error_line(output)
+
+
+def test_a_malformed_chat_message_exits_2_naming_the_line(tmp_path: Path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        '{"prompt": [{"role": "user", "content": "fine"}]}\n'
+        '{"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]}\n'
+    )
+    line = _task_error(tmp_path, {"name": "jsonl", "path": str(prompts)})
+    assert line == (
+        f"error: {prompts}, line 2: messages[1].role must be one of system, user, assistant, "
+        "got 'bot'"
+    )
+
+
+def test_an_empty_dataset_exits_2(tmp_path: Path):
+    datasets = pytest.importorskip("datasets")
+    empty = tmp_path / "empty"
+    datasets.Dataset.from_dict({"prompt": []}).save_to_disk(str(empty))
+    line = _task_error(tmp_path, {"name": "dataset", "dataset": {"path": str(empty)}})
+    assert line == f"error: dataset {empty}: no rows"
+
+
+def test_a_dataset_row_without_a_usable_prompt_exits_2_naming_the_row(tmp_path: Path):
+    datasets = pytest.importorskip("datasets")
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list([{"prompt": "fine"}, {"prompt": None}]).save_to_disk(str(saved))
+    line = _task_error(tmp_path, {"name": "dataset", "dataset": {"path": str(saved)}})
+    assert line == f"error: dataset {saved} (split train), row 1: field 'prompt' is null"
+
+
+def test_a_directory_that_is_no_dataset_exits_2(tmp_path: Path):
+    (tmp_path / "nothing").mkdir()
+    line = _task_error(
+        tmp_path, {"name": "dataset", "dataset": {"path": str(tmp_path / "nothing")}}
+    )
+    assert line.startswith(f"error: dataset {tmp_path / 'nothing'}: a directory that is no dataset")

@@ -56,8 +56,36 @@ def test_train_prompts_cycle_deterministically(tmp_path):
     [
         ("{not json", "invalid JSON"),
         ('["prompt"]', "expected a JSON object, got list"),
-        ('{"answer": "x"}', "'prompt' must be a non-empty string"),
-        ('{"prompt": 5}', "'prompt' must be a non-empty string"),
+        ('{"answer": "x"}', "field 'prompt' (a string or chat messages) or 'messages' is required"),
+        ('{"prompt": 5}', "'prompt' must be a non-empty string or a list of chat messages"),
+        ('{"prompt": ""}', "'prompt' must be a non-empty string or a list of chat messages"),
+        ('{"prompt": []}', "'prompt' must be a non-empty list of chat messages"),
+        ('{"prompt": ["hi"]}', "prompt[0] must be an object with 'role' and 'content'"),
+        (
+            '{"prompt": [{"role": "tool", "content": "x"}]}',
+            "prompt[0].role must be one of system, user, assistant, got 'tool'",
+        ),
+        ('{"prompt": [{"role": "user"}]}', "prompt[0].content must be a non-empty string"),
+        ('{"prompt": [{"role": "user", "content": 3}]}', "prompt[0].content must be"),
+        (
+            '{"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
+            "prompt[1] must be a user turn (a prompt's last turn), got 'assistant'",
+        ),
+        ('{"messages": {"role": "user"}}', "'messages' must be a non-empty list of chat messages"),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]}',
+            "messages[1].role must be one of system, user, assistant, got 'bot'",
+        ),
+        (
+            '{"messages": [{"role": "assistant", "content": "a"}]}',
+            "'messages' has no user turn before its assistant turns",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"},'
+            ' {"role": "assistant", "content": "a"}]}',
+            "messages[1] must be a user turn (a prompt's last turn before its final assistant "
+            "turns), got 'system'",
+        ),
         ('{"prompt": "p", "answer": [1]}', "'answer' must be"),
         ('{"prompt": "p", "answer": true}', "'answer' must be"),
         ('{"prompt": "p", "split": "dev"}', "'split' must be 'train' or 'heldout'"),
@@ -89,3 +117,48 @@ def test_verify(tmp_path):
     assert task.verify(Prompt("Why?"), "because") == (False, "no reference answer")
     assert task.reference_response(prompt) == "Paris"
     assert task.reference_response(Prompt("Why?")) is None
+
+
+def test_prompts_as_chat_messages_and_transcripts(tmp_path):
+    system = {"role": "system", "content": "Be brief."}
+    user = {"role": "user", "content": "Tips for hiking?"}
+    path = _write(
+        tmp_path,
+        [
+            json.dumps({"prompt": [system, user], "answer": "water"}),
+            json.dumps(
+                {
+                    "messages": [
+                        user,
+                        {"role": "assistant", "content": "Water.", "extra": None},
+                        {"role": "user", "content": "And more?"},
+                        {"role": "assistant", "content": "Boots."},
+                    ]
+                }
+            ),
+            json.dumps({"messages": [user], "split": "heldout", "answer": "A"}),
+            json.dumps({"prompt": "plain", "messages": [user]}),  # prompt wins
+        ],
+    )
+    task = JsonlTask(path, seed=0)
+    train = sorted(task.train_prompts(0, 3), key=lambda p: p.text)
+    assert train == [
+        Prompt.conversation(
+            [("user", "Tips for hiking?"), ("assistant", "Water."), ("user", "And more?")]
+        ),
+        Prompt.conversation([("system", "Be brief."), ("user", "Tips for hiking?")], "water"),
+        Prompt("plain"),
+    ]
+    assert train[0].text == "And more?"  # a conversation's text is its last user turn
+    assert train[1].chat() == [system, user]
+    assert task.heldout_prompts() == [Prompt.conversation([("user", "Tips for hiking?")], "A")]
+
+
+def test_a_judge_input_line_may_hold_a_conversation():
+    from selfplay.tasks.jsonl import parse_prompt_line
+
+    obj, prompt = parse_prompt_line(
+        '{"prompt": [{"role": "user", "content": "hi"}], "response": "hello"}'
+    )
+    assert obj["response"] == "hello"
+    assert prompt == Prompt.conversation([("user", "hi")])
