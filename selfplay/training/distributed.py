@@ -166,14 +166,16 @@ class _MetricsReader:
 
 
 def _failure(job_dir: Path, returncode: int) -> str:
-    errors = sorted(job_dir.glob("rank-*.error"))
-    if errors:
-        return "\n".join(f"training {e.stem} failed:\n{e.read_text()}" for e in errors)
-    tail = (job_dir / LOG_FILE).read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-    return (
-        f"a training rank died without a traceback (torchrun exit {returncode}); the end of "
-        f"{job_dir / LOG_FILE}:\n" + "\n".join(tail)
-    )
+    """torchrun's account of the failure (which rank failed first, its exit code or signal),
+    then the traceback of each rank that raised (a rank killed by a signal leaves none; the
+    others often raise on the broken connection)."""
+    log = (job_dir / LOG_FILE).read_text(errors="replace")
+    start = log.rfind("Root Cause")
+    account = log[start:] if start >= 0 else "\n".join(log.splitlines()[-LOG_TAIL_LINES:])
+    parts = [f"training failed (torchrun exit {returncode}; {job_dir / LOG_FILE}):\n{account}"]
+    for error in sorted(job_dir.glob("rank-*.error")):
+        parts.append(f"{error.stem} raised:\n{error.read_text()}")
+    return "\n".join(parts)
 
 
 class _DataParallel(DistributedDataParallel):
@@ -272,6 +274,12 @@ def main() -> None:
     except BaseException:
         (job_dir / f"rank-{os.environ['RANK']}.error").write_text(traceback.format_exc())
         raise
+    # Done and saved: leave without the interpreter's teardown, where a communication thread
+    # destroyed after the process group can abort the rank ("terminate called without an
+    # active exception", seen with gloo) and so fail a round whose checkpoint is written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
