@@ -16,9 +16,10 @@ from selfplay.generation import HFBackend, SamplingParams
 from selfplay.generation.openai_backend import OpenAIBackend, ServerError
 
 PROMPTS = ["Q:1+2=", "Q:66+24=", "Q:5-3=", "Q:99+99=", "Q:7+0="]
+# {dtype} is filled in from model.dtype: auto, float32 on this CPU like the hf backend compared.
 SERVER = [
     "{python}", "-m", "vllm.entrypoints.openai.api_server", "--model", "{checkpoint}",
-    "--port", "{port}", "--dtype", "float32", "--gpu-memory-utilization", "0.05",
+    "--port", "{port}", "--dtype", "{dtype}", "--gpu-memory-utilization", "0.05",
     "--enforce-eager", "--seed", "0",
 ]  # fmt: skip
 GREEDY = SamplingParams(n=1, temperature=0, max_new_tokens=8)
