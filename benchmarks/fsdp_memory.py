@@ -5,8 +5,9 @@ weights, so the sharded parameters, gradients and AdamW state dominate the peak)
 and trains it for a few steps with `training.distributed: {strategy: fsdp, nproc: N}` for each
 N of --nproc, each in a fresh subprocess. The peak per rank is the largest max RSS among that
 subprocess's descendants (getrusage(RUSAGE_CHILDREN) once torchrun has waited for its ranks):
-the ranks are alike, so that is any rank's. Expect about 16/N bytes a parameter of training
-state plus the full float32 weights each rank loads before sharding (4 B/param) and, on rank 0,
+the ranks are alike, so that is any rank's. It includes ~600 MB of interpreter, torch and
+transformers (the baseline a 5M-parameter smoke run shows); above it expect about 16/N bytes a
+parameter of training state plus the full float32 weights each rank loads before sharding (4 B/param) and, on rank 0,
 the gathered state dict it saves (4 B/param).
 
     python benchmarks/fsdp_memory.py [--params-m 300] [--nproc 1 2] [--steps 3]
