@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Select, column, select, text
+from sqlalchemy import Select, Text, cast, column, select, text
 from sqlalchemy.orm import Session
 
 from db.models import Checkpoint, Judgment, Pair, Prompt, Response, Round, Run
@@ -113,6 +113,7 @@ class PairRow:
     rejected_tokens: int
     checkpoint_id: int
     builder: str
+    prompt_messages: list[dict[str, str]] | None  # a conversation's turns; None: plain text
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,6 +139,7 @@ def _pair_select() -> Select:
                 REJECTED.num_tokens,
                 CHOSEN.checkpoint_id,
                 Pair.builder,
+                Prompt.messages,
             ).select_from(Pair)
         )
         .join(Round, Round.id == Pair.round_id)
@@ -160,6 +162,14 @@ def _page(session: Session, f: PairFilter, after: int, limit: int) -> list[PairR
     ids = ids.order_by(Pair.id).limit(limit).subquery()
     stmt = _pair_select().where(Pair.id.in_(select(ids.c.id))).order_by(Pair.id)
     return [PairRow(*row) for row in session.execute(stmt)]
+
+
+def has_conversations(session: Session, f: PairFilter) -> bool:
+    """Whether a pair matching `f` has a conversation prompt (`prompts.messages` set)."""
+    # A plain prompt's messages are SQL NULL or, as the loop's inserts write None, JSON null.
+    stmt = _filtered(session, select(Pair.id), f).join(Prompt, Prompt.id == Pair.prompt_id)
+    stmt = stmt.where(Prompt.messages.is_not(None), cast(Prompt.messages, Text) != "null")
+    return session.scalar(stmt.limit(1)) is not None
 
 
 def iter_pairs(session: Session, f: PairFilter, batch: int = 5000) -> Iterator[list[PairRow]]:

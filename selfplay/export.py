@@ -2,8 +2,11 @@
 
 Rows are in the prompt/chosen/rejected format that TRL's `DPOTrainer` reads, with the scores,
 the margin, both lengths and the provenance ids (run, round, pair, prompt, responses, the
-generating checkpoint) as extra columns. Every format streams: pairs come from the store one
-keyset page at a time and are written before the next is read, so memory is flat in the rows.
+generating checkpoint) as extra columns. When a pair of the export has a conversation prompt,
+every row is in TRL's conversational format: `prompt` a list of {role, content} messages (a
+plain prompt as one user turn), `chosen` and `rejected` each one assistant message; otherwise
+all three are strings. Every format streams: pairs come from the store one keyset page at a
+time and are written before the next is read, so memory is flat in the rows.
 """
 
 from __future__ import annotations
@@ -17,16 +20,17 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.pairs import PairFilter, PairRow, iter_pairs
+from db.pairs import PairFilter, PairRow, has_conversations, iter_pairs
 
 FORMATS = ("jsonl", "parquet", "hf")
 ROW_GROUP = 50_000
 
-# Column order of every format; (name, pyarrow type name).
+# Column order of every format; (name, pyarrow type name), "messages" a list of {role, content}
+# in a conversational export and a string otherwise.
 COLUMNS: tuple[tuple[str, str], ...] = (
-    ("prompt", "string"),
-    ("chosen", "string"),
-    ("rejected", "string"),
+    ("prompt", "messages"),
+    ("chosen", "messages"),
+    ("rejected", "messages"),
     ("chosen_score", "float64"),
     ("rejected_score", "float64"),
     ("margin", "float64"),
@@ -43,12 +47,19 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def record(p: PairRow) -> dict[str, Any]:
-    """One exported row."""
+def record(p: PairRow, conversational: bool) -> dict[str, Any]:
+    """One exported row; `conversational`: prompt, chosen and rejected as chat messages."""
+    prompt: str | list[dict[str, str]] = p.prompt
+    chosen: str | list[dict[str, str]] = p.chosen
+    rejected: str | list[dict[str, str]] = p.rejected
+    if conversational:
+        prompt = p.prompt_messages or [{"role": "user", "content": p.prompt}]
+        chosen = [{"role": "assistant", "content": p.chosen}]
+        rejected = [{"role": "assistant", "content": p.rejected}]
     return {
-        "prompt": p.prompt,
-        "chosen": p.chosen,
-        "rejected": p.rejected,
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
         "chosen_score": p.chosen_score,
         "rejected_score": p.rejected_score,
         "margin": p.margin,
@@ -65,9 +76,22 @@ def record(p: PairRow) -> dict[str, Any]:
     }
 
 
-def _batches(session: Session, f: PairFilter, batch: int) -> Iterator[list[dict[str, Any]]]:
+def _batches(
+    session: Session, f: PairFilter, batch: int, conversational: bool
+) -> Iterator[list[dict[str, Any]]]:
     for page in iter_pairs(session, f, batch=batch):
-        yield [record(p) for p in page]
+        yield [record(p, conversational) for p in page]
+
+
+def _schema(conversational: bool) -> Any:
+    import pyarrow as pa
+
+    text = pa.string()
+    if conversational:
+        text = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    return pa.schema(
+        [(name, text if kind == "messages" else getattr(pa, kind)()) for name, kind in COLUMNS]
+    )
 
 
 def _write_jsonl(batches: Iterator[list[dict[str, Any]]], path: Path) -> int:
@@ -79,11 +103,10 @@ def _write_jsonl(batches: Iterator[list[dict[str, Any]]], path: Path) -> int:
     return n
 
 
-def _write_parquet(batches: Iterator[list[dict[str, Any]]], path: Path) -> int:
+def _write_parquet(batches: Iterator[list[dict[str, Any]]], path: Path, schema: Any) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in COLUMNS])
     n = 0
     pending: list[dict[str, Any]] = []
     with pq.ParquetWriter(path, schema) as writer:
@@ -99,13 +122,13 @@ def _write_parquet(batches: Iterator[list[dict[str, Any]]], path: Path) -> int:
     return n
 
 
-def _write_hf(batches: Iterator[list[dict[str, Any]]], path: Path) -> int:
+def _write_hf(batches: Iterator[list[dict[str, Any]]], path: Path, schema: Any) -> int:
     import datasets
 
     # Parquet first (streamed), then datasets memory-maps it into its Arrow cache and saves it.
     with tempfile.TemporaryDirectory(prefix="selfplay-export-") as tmp:
         staged = Path(tmp) / "pairs.parquet"
-        n = _write_parquet(batches, staged)
+        n = _write_parquet(batches, staged, schema)
         ds = datasets.Dataset.from_parquet(str(staged), cache_dir=str(Path(tmp) / "cache"))
         if path.exists():
             shutil.rmtree(path)
@@ -114,15 +137,18 @@ def _write_hf(batches: Iterator[list[dict[str, Any]]], path: Path) -> int:
     return n
 
 
-_WRITERS = {"jsonl": _write_jsonl, "parquet": _write_parquet, "hf": _write_hf}
-
-
 def export_pairs(session: Session, f: PairFilter, fmt: str, path: Path, batch: int = 5000) -> int:
     """Write the pairs matching `f` to `path` in `fmt` (jsonl | parquet | hf); returns the count.
 
     `hf` writes a directory that `datasets.load_from_disk` opens (and replaces one already there).
+    The rows are conversational when a matching pair's prompt is a conversation.
     """
-    if fmt not in _WRITERS:
+    if fmt not in FORMATS:
         raise ValueError(f"format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _WRITERS[fmt](_batches(session, f, batch), path)
+    conversational = has_conversations(session, f)
+    batches = _batches(session, f, batch, conversational)
+    if fmt == "jsonl":
+        return _write_jsonl(batches, path)
+    write = _write_parquet if fmt == "parquet" else _write_hf
+    return write(batches, path, _schema(conversational))

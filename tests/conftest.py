@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, select, text
 
 from db.engine import make_engine, session_factory, transaction
 from db.migrate import upgrade
@@ -227,3 +227,25 @@ def instruct_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with `<|im_end|>` (a random-init one runs to max_new_tokens)."""
     path = tmp_path_factory.mktemp("chat-instruct-model")
     return chat_models().save_chat_model(path, "chatml", stop_steps=100)
+
+
+CONVERSATION_TURNS = (
+    ("system", "Answer with <digits> only."),
+    ("user", "Are you ready? [bold]yes[/bold]"),
+    ("assistant", "Ready."),
+)
+"""The turns `conversation_url` puts before prompt 1's text (its last user turn): HTML and Rich
+markup in them check that the views escape a conversation."""
+
+
+@pytest.fixture
+def conversation_url(seeded_url: str) -> str:
+    """The `demo` store with prompt 1 of each round a conversation: CONVERSATION_TURNS, then
+    its text as the last user turn."""
+    engine = make_engine(seeded_url)
+    with transaction(session_factory(engine)) as s:
+        for prompt in s.scalars(select(Prompt).where(Prompt.index == 1)):
+            turns = [*CONVERSATION_TURNS, ("user", prompt.text)]
+            prompt.messages = [{"role": role, "content": content} for role, content in turns]
+    engine.dispose()
+    return seeded_url

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from db.pairs import PairFilter
@@ -316,14 +317,19 @@ def db_show(
         f"builder {p.builder}  weight {detail.weight}",
         highlight=False,
     )
-    out.print(f"[bold]prompt[/] ({p.prompt_id}): {p.prompt}", highlight=False, markup=True)
+    if p.prompt_messages is None:
+        out.print(f"[bold]prompt[/] ({p.prompt_id}): {escape(p.prompt)}", highlight=False)
+    else:
+        out.print(f"[bold]prompt[/] ({p.prompt_id}), a conversation:", highlight=False)
+        for m in p.prompt_messages:
+            out.print(f"  [bold]{m['role']}[/]: {escape(m['content'])}", highlight=False)
     if detail.answer is not None:
-        out.print(f"[bold]reference answer[/]: {detail.answer}", highlight=False)
+        out.print(f"[bold]reference answer[/]: {escape(detail.answer)}", highlight=False)
     for label, resp in (("chosen", detail.chosen), ("rejected", detail.rejected)):
         table = Table(title=f"{label}: response {resp.id}", show_header=False, title_justify="left")
         table.add_column("field")
         table.add_column("value", overflow="fold")
-        table.add_row("text", resp.text)
+        table.add_row("text", escape(resp.text))
         table.add_row("tokens", f"{resp.num_tokens} (finish: {resp.finish_reason})")
         table.add_row("log-prob", f"{resp.logprob:.3f}")
         table.add_row(

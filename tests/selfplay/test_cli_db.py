@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from alembic import command
 from sqlalchemy import delete, text
@@ -212,3 +213,83 @@ def test_export_pages_and_row_groups_keep_every_pair_once(seeded_url, tmp_path, 
     ids = f.read().column("pair_id").to_pylist()
     assert n == 12 and len(ids) == 12 and ids == sorted(set(ids))
     assert f.metadata.num_row_groups == 3  # 5 + 5 (flushed at ≥ 4), then the last 2
+
+
+def _conversation_pair(url: str) -> dict:
+    """The first pair (as `db pairs --json` gives it) whose prompt is a conversation."""
+    pairs = json.loads(invoke("db", "pairs", "--db", url, "--json").output)
+    return next(p for p in pairs if p["prompt_messages"] is not None)
+
+
+def test_show_prints_a_conversations_turns_escaped(conversation_url):
+    from tests.conftest import CONVERSATION_TURNS
+
+    pair = _conversation_pair(conversation_url)
+    assert [(m["role"], m["content"]) for m in pair["prompt_messages"][:3]] == list(
+        CONVERSATION_TURNS
+    )
+    result = invoke("db", "show", str(pair["id"]), "--db", conversation_url)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = lines.index(f"prompt ({pair['prompt_id']}), a conversation:")
+    assert lines[start + 1 : start + 5] == [
+        "  system: Answer with <digits> only.",
+        "  user: Are you ready? [bold]yes[/bold]",  # Rich markup shown as written
+        "  assistant: Ready.",
+        f"  user: {pair['prompt']}",
+    ]
+    plain = invoke("db", "show", "1", "--db", conversation_url)
+    assert "prompt (1): <script>alert(1)</script> 2+2=" in plain.output
+
+
+def test_export_of_a_conversational_run_is_trls_conversational_format(conversation_url, tmp_path):
+    out = tmp_path / "pairs.jsonl"
+    result = invoke("db", "export", str(out), "--db", conversation_url)
+    assert result.exit_code == 0 and "exported 12 pairs" in result.output, result.output
+    rows = {r["pair_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    pair = _conversation_pair(conversation_url)
+    row = rows[pair["id"]]
+    assert row["prompt"] == pair["prompt_messages"] and row["prompt"][-1]["role"] == "user"
+    assert row["chosen"] == [{"role": "assistant", "content": pair["chosen"]}]
+    assert row["rejected"] == [{"role": "assistant", "content": pair["rejected"]}]
+    # A plain prompt in a conversational export is one user turn.
+    assert rows[1]["prompt"] == [{"role": "user", "content": "<script>alert(1)</script> 2+2="}]
+
+    parquet = tmp_path / "pairs.parquet"
+    result = invoke("db", "export", str(parquet), "--db", conversation_url, "--format", "parquet")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(parquet)
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    for column in ("prompt", "chosen", "rejected"):
+        kind = table.schema.field(column).type
+        assert pa.types.is_list(kind) and kind.value_type == message, (column, kind)
+    by_id = dict(zip(table.column("pair_id").to_pylist(), table.to_pylist(), strict=True))
+    assert by_id[pair["id"]]["prompt"] == row["prompt"]
+    assert by_id[pair["id"]]["chosen"] == row["chosen"]
+
+    # Filtered to plain prompts only, the export keeps the string format.
+    plain = tmp_path / "plain.jsonl"
+    result = invoke("db", "export", str(plain), "--db", conversation_url, "--search", "script")
+    assert result.exit_code == 0 and "exported 4 pairs" in result.output, result.output
+    assert all(
+        isinstance(json.loads(line)["prompt"], str) for line in plain.read_text().splitlines()
+    )
+
+
+def test_a_plain_prompt_stored_as_json_null_exports_as_text(seeded_url, tmp_path):
+    from sqlalchemy import update
+
+    from db.models import Prompt
+
+    engine = make_engine(seeded_url)
+    with engine.begin() as conn:  # what the loop's insert writes for a plain prompt: JSON null
+        conn.execute(update(Prompt).values(messages=None))
+        assert (
+            conn.execute(text("SELECT count(*) FROM prompts WHERE messages IS NULL")).scalar() == 0
+        )
+    engine.dispose()
+    out = tmp_path / "pairs.jsonl"
+    assert invoke("db", "export", str(out), "--db", seeded_url).exit_code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 12 and all(isinstance(r["prompt"], str) for r in rows)
+    assert all(isinstance(r["chosen"], str) for r in rows)

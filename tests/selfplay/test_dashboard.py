@@ -163,3 +163,24 @@ def test_round_page_shows_the_truncated_share_and_why_a_round_has_no_pairs(seede
     truncated = re.search(r'<tr id="truncated">.*?<td class="num">(.*?)</td>', page).group(1)
     assert truncated == "3 (25%)"  # of the round's 12 responses
     assert '<span id="no-pairs-reason" class="error">0 pairs: every win-rate gap below' in page
+
+
+def test_a_conversation_prompt_renders_its_turns_escaped(conversation_url):
+    with TestClient(create_app(conversation_url)) as c:
+        listing = c.get("/pairs", params={"run": "demo", "round": 0})
+        assert listing.text.count("(4 turns)") == 2  # prompt 1's two pairs
+        html = {i: c.get(f"/pairs/{i}").text for i in pair_ids(listing.text)}
+    conversation = [page for page in html.values() if 'class="conversation"' in page]
+    assert len(conversation) == 2
+    turns = re.findall(
+        r'<li class="turn"><span class="role">(\w+)</span><pre>(.*?)</pre></li>', conversation[0]
+    )
+    assert turns == [
+        ("system", "Answer with &lt;digits&gt; only."),
+        ("user", "Are you ready? [bold]yes[/bold]"),
+        ("assistant", "Ready."),
+        ("user", "Q:01+1="),
+    ]
+    assert "<digits>" not in conversation[0]
+    plain = [page for page in html.values() if 'class="conversation"' not in page]
+    assert all('<pre id="prompt">' in page for page in plain)
