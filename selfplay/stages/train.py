@@ -11,6 +11,7 @@ from selfplay.checkpoints import resolve_checkpoint, round_checkpoint_dir, save_
 from selfplay.config import SelfplayConfig
 from selfplay.devices import default_device
 from selfplay.faults import commit_point
+from selfplay.precision import save_dtype
 from selfplay.scoring import Scorer
 from selfplay.stages.context import Context, derive_seed, get_round, metric_rows
 
@@ -40,7 +41,7 @@ def ensure_logprobs(
     missing = sorted(set(wanted) - set(have))
     if not missing:
         return have
-    scorer = Scorer(ckpt.path)
+    scorer = Scorer(ckpt.path, ctx.cfg.model.dtype)
     label = "reference log-probs" if source == "sft" else "π_t log-probs"
     with ctx.reporter.bar(label, len(missing)) as advance:
         for i in range(0, len(missing), LOGPROB_CHUNK):
@@ -146,7 +147,8 @@ def train_round(ctx: Context, round_id: int) -> None:
         flush()
 
     target = round_checkpoint_dir(ctx.cfg.run.output_dir, round_index)
-    save_checkpoint(merged_for_saving(model), tokenizer, target)
+    dtype = save_dtype(ctx.cfg.model.dtype, policy.path)
+    save_checkpoint(merged_for_saving(model), tokenizer, target, dtype=dtype)
     with transaction(ctx.sessions) as s:
         queries.insert_ignore(
             s, Checkpoint, [dict(run_id=ctx.run_id, round_index=round_index, path=str(target))]
