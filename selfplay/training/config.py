@@ -20,6 +20,11 @@ class LoraConfig(StrictConfig):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         description="Module names that get adapters.",
     )
+    merge: bool = Field(
+        False,
+        description="Save each round's policy as a full model with the adapters merged, instead "
+        "of the adapters alone (PEFT format, megabytes; the next round trains them on).",
+    )
 
 
 class DistributedConfig(StrictConfig):

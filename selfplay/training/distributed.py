@@ -33,13 +33,13 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel
 
-from selfplay.checkpoints import save_checkpoint
+from selfplay.adapters import adapter_base, is_adapter
 from selfplay.faults import commit_point
 from selfplay.training.config import TrainingConfig
 from selfplay.training.trainer import (
     PairExample,
     load_trainable,
-    merged_for_saving,
+    save_trained,
     train_on_pairs,
     with_lora,
 )
@@ -213,8 +213,8 @@ def wrap(model: PreTrainedModel, cfg: TrainingConfig, device: torch.device) -> t
 
 
 def _save(model: torch.nn.Module, job: Job, rank: int) -> None:
-    """Gather the trained weights to rank 0 (on its CPU) and save them there as the checkpoint
-    (LoRA merged, as the single-device path saves it).
+    """Gather the trained weights to rank 0 (on its CPU) and save them there as the checkpoint,
+    as the single-device path saves it (`save_trained`: LoRA adapters alone or merged).
 
     The gathered tensors become the weights of an empty frame of the policy (built on the meta
     device), so rank 0 holds one full copy, not two.
@@ -226,14 +226,16 @@ def _save(model: torch.nn.Module, job: Job, rank: int) -> None:
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
     if rank == 0:
+        base = adapter_base(job.policy_path) if is_adapter(job.policy_path) else job.policy_path
         with torch.device("meta"):
-            plain = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(job.policy_path))
+            plain = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
         if job.cfg.lora is not None:
             plain = with_lora(plain, job.cfg)
+            plain.peft_config["default"].base_model_name_or_path = base
         plain.load_state_dict(state, assign=True)
         tokenizer = AutoTokenizer.from_pretrained(job.policy_path)
         dtype = getattr(torch, job.save_dtype) if job.save_dtype is not None else None
-        save_checkpoint(merged_for_saving(plain), tokenizer, Path(job.target), dtype=dtype)
+        save_trained(plain, job.cfg, tokenizer, Path(job.target), dtype)
     dist.barrier()
 
 

@@ -7,13 +7,16 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from selfplay.adapters import adapter_base, is_adapter
+from selfplay.checkpoints import save_checkpoint
 from selfplay.training.config import TrainingConfig
 from selfplay.training.logprobs import (
     build_batch,
@@ -64,13 +67,26 @@ def loss_params(cfg: TrainingConfig) -> LossParams:
 def load_trainable(path: str, cfg: TrainingConfig, device: str) -> PreTrainedModel:
     """The policy to train, in float32 on `device`; its layers' activations recomputed in the
     backward when `cfg.gradient_checkpointing`; wrapped with LoRA adapters (peft) when
-    `cfg.lora` is set, so only the adapters train; its layers compiled when `cfg.compile`."""
+    `cfg.lora` is set, so only the adapters train; its layers compiled when `cfg.compile`.
+
+    A policy that is a LoRA adapter (selfplay.adapters: the previous LoRA round's) is its base
+    with those adapters, trained on with `cfg.lora`, merged into the base without.
+    """
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device)
+    adapter = is_adapter(path)
+    model = AutoModelForCausalLM.from_pretrained(
+        adapter_base(path) if adapter else path, dtype="float32"
+    ).to(device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.lora is not None:
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, path, is_trainable=cfg.lora is not None)
+        if cfg.lora is None:
+            model = model.merge_and_unload()
+    elif cfg.lora is not None:
         model = with_lora(model, cfg)
     if cfg.compile:
         compile_layers(model)
@@ -100,6 +116,23 @@ def with_lora(model: PreTrainedModel, cfg: TrainingConfig) -> PreTrainedModel:
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def save_trained(
+    model: PreTrainedModel,
+    cfg: TrainingConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    target: Path,
+    dtype: torch.dtype | None,
+) -> None:
+    """Save a round's trained `model` at `target` (atomically: save_checkpoint). With
+    `cfg.lora` the adapters alone (PEFT format, in float32: megabytes; the backends load them
+    onto their base), unless `cfg.lora.merge`; otherwise the full model (LoRA merged) in
+    `dtype`."""
+    if cfg.lora is not None and not cfg.lora.merge:
+        save_checkpoint(model, tokenizer, target)
+    else:
+        save_checkpoint(merged_for_saving(model), tokenizer, target, dtype=dtype)
 
 
 def merged_for_saving(model: PreTrainedModel) -> PreTrainedModel:
