@@ -73,3 +73,26 @@ def test_a_round_trains_once_and_its_log_probs_are_stored_once(
             assert s.scalar(select(func.count()).select_from(ResponseLogprob)) == stored
     finally:
         ctx.close()
+
+
+def test_the_round_checkpoint_is_saved_in_model_dtype(round_store, length_judge):
+    from selfplay.precision import checkpoint_dtype
+
+    store = round_store(
+        judge={"name": "length_judge:Length"},
+        model={"dtype": "bfloat16"},
+        training={"loss": "dpo", "batch_size": 4, "max_steps": 1},
+    )
+    ctx = store.context()
+    try:
+        insert_prompts(ctx, store.round_id)
+        generate_round(ctx, store.round_id)
+        judge_round(ctx, store.round_id)
+        pair_round(ctx, store.round_id)
+        train_round(ctx, store.round_id)
+    finally:
+        ctx.close()
+    with store.sessions() as s:
+        initial, trained = s.scalars(select(Checkpoint).order_by(Checkpoint.round_index)).all()
+    assert checkpoint_dtype(initial.path) == "float32"  # the tiny model is built in float32
+    assert checkpoint_dtype(trained.path) == "bfloat16"
