@@ -215,12 +215,26 @@ class ModelConfig(StrictConfig):
         "checkpoints; auto: the checkpoint's own dtype on a GPU, float32 on a CPU (checkpoints "
         "keep the checkpoint's own). Training keeps float32 masters.",
     )
+    chat_template: str = Field(
+        "auto",
+        description="How the policy sees a prompt (selfplay/rendering.py): auto (the policy "
+        "tokenizer's chat template with the generation prompt when it has one, else the plain "
+        "text), none (the plain text; conversations refused), or a .jinja template file used "
+        "instead of the tokenizer's.",
+    )
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     cache_dir: Path = Field(
         Path("~/.cache/selfplay"),
         description="Where the built and SFT-trained tiny model is cached. Env: SELFPLAY_CACHE_DIR.",
     )
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_file(cls, value: str) -> str:
+        if value in ("auto", "none") or Path(value).expanduser().is_file():
+            return value
+        raise ValueError(f"{value}: no such file (auto, none or a .jinja template file)")
 
 
 class EngineConfig(StrictConfig):
@@ -358,6 +372,10 @@ DEFAULT_REVISE_TEMPLATE = (
     "{critique}\n\nWrite an improved answer to the original request. Reply with the answer "
     "only.\n"
 )
+DEFAULT_CRITIQUE_TURN = (
+    "A reviewer's critique of your answer:\n{critique}\n\nWrite an improved answer to my "
+    "request. Reply with the answer only."
+)
 
 
 class ReviseConfig(StrictConfig):
@@ -381,7 +399,14 @@ class ReviseConfig(StrictConfig):
     )
     prompt_template: str = Field(
         DEFAULT_REVISE_TEMPLATE,
-        description="What the policy is asked: {prompt}, {response} and {critique} filled in.",
+        description="What a policy without a chat template is asked: {prompt}, {response} "
+        "and {critique} filled in.",
+    )
+    critique_turn: str = Field(
+        DEFAULT_CRITIQUE_TURN,
+        description="With a chat template, the policy is given a conversation instead: the "
+        "prompt's turns, its answer as an assistant turn, then this user turn ({critique} "
+        "filled in).",
     )
     max_new_tokens: int | None = Field(
         None, ge=1, description="Length limit of a revision; unset: generation.max_new_tokens."
@@ -396,6 +421,13 @@ class ReviseConfig(StrictConfig):
             raise ValueError(
                 f"revise.prompt_template: {type(err).__name__} {err} (the template may use "
                 "{prompt}, {response} and {critique}; write other braces doubled: {{ }})"
+            ) from None
+        try:
+            self.critique_turn.format(critique="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(
+                f"revise.critique_turn: {type(err).__name__} {err} (the turn may use "
+                "{critique}; write other braces doubled: {{ }})"
             ) from None
         return self
 

@@ -26,6 +26,7 @@ from selfplay.executor import Executor, make_executor
 from selfplay.model_source import check_model_sources
 from selfplay.progress import Reporter, SilentReporter, format_accuracy
 from selfplay.redact import mask_config
+from selfplay.rendering import check_conversations
 from selfplay.sft import prepare_policy
 from selfplay.stages import Context, Engines
 from selfplay.stages.evaluate import evaluate_checkpoint
@@ -233,6 +234,9 @@ def run_loop(
     except TaskDataError as err:
         raise ConfigError(str(err)) from None
     check_model_sources(cfg)
+    # A conversation the policy cannot render fails here, not at round 0's generation.
+    first = task.train_prompts(0, cfg.task.prompts_per_round)
+    check_conversations(cfg.model, [*task.heldout_prompts(), *first])
     _create_private_dir(cfg.run.output_dir, "run.output_dir")
     engine = create_store(cfg.db_url)
     sessions = session_factory(engine)

@@ -54,3 +54,13 @@ def mask_config(config: dict[str, Any]) -> dict[str, Any]:
                 k: mask_url(v) if isinstance(v, str) else v for k, v in out[section].items()
             }
     return out
+
+
+def mask_urls(value: Any) -> Any:
+    """`value` (a dumped config or any part of it) with the password of every URL in it masked,
+    at any depth: what leaves the store (an experiment tracker) shows no password at all."""
+    if isinstance(value, dict):
+        return {k: mask_urls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_urls(v) for v in value]
+    return mask_url(value) if isinstance(value, str) else value
