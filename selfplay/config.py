@@ -39,6 +39,7 @@ __all__ = [
     "GenerationConfig",
     "GuardsConfig",
     "JudgeConfig",
+    "LoggingConfig",
     "LoraConfig",
     "ModelConfig",
     "ModelDtype",
@@ -487,6 +488,37 @@ class ExecutorConfig(StrictConfig):
     )
 
 
+class LoggingConfig(StrictConfig):
+    """Experiment trackers (selfplay/trackers.py) that receive each finished round's training
+    metrics and figures."""
+
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Trackers to report to, each an optional extra of the same name: "
+        "tensorboard, wandb, mlflow.",
+    )
+    project: str = Field(
+        "selfplay", min_length=1, description="The wandb project and the MLflow experiment."
+    )
+    dir: Path | None = Field(
+        None,
+        description="Local tracker output: TensorBoard event files, wandb run files, the MLflow "
+        "store when no tracking URI is set; default <run.output_dir>/trackers.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; unset: MLFLOW_TRACKING_URI, else "
+        "sqlite:///<dir>/mlflow.db.",
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _once_each(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError("each tracker may be named once")
+        return names
+
+
 class SelfplayConfig(StrictConfig):
     run: RunConfig = Field(default_factory=RunConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -500,6 +532,7 @@ class SelfplayConfig(StrictConfig):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     algorithm: str | None = Field(
         None,
         description="A round procedure preset (ALGORITHM_PRESETS): fills the loss, pair builder, "

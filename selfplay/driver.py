@@ -21,7 +21,7 @@ from db.engine import make_engine, session_factory, sqlite_path, transaction
 from db.migrate import upgrade
 from db.models import EXTERNAL_CHECKPOINT_PREFIX, Checkpoint, Round, RoundStatus, Run
 from selfplay.checkpoints import SFT_ROUND_INDEX, prune_checkpoints
-from selfplay.config import ConfigError, ExecutorConfig, SelfplayConfig
+from selfplay.config import ConfigError, ExecutorConfig, LoggingConfig, SelfplayConfig
 from selfplay.executor import Executor, make_executor
 from selfplay.model_source import check_model_sources
 from selfplay.progress import Reporter, SilentReporter, format_accuracy
@@ -31,11 +31,14 @@ from selfplay.sft import prepare_policy
 from selfplay.stages import Context, Engines
 from selfplay.stages.evaluate import evaluate_checkpoint
 from selfplay.tasks import TaskDataError, make_task
+from selfplay.trackers import Trackers
 
 # Fields that may change between invocations of the same run without changing its data.
-_RESUMABLE_FIELDS = {("run", "rounds"), ("store", "url"), ("model", "cache_dir")} | {
-    ("executor", key) for key in ExecutorConfig.model_fields
-}
+_RESUMABLE_FIELDS = (
+    {("run", "rounds"), ("store", "url"), ("model", "cache_dir")}
+    | {("executor", key) for key in ExecutorConfig.model_fields}
+    | {("logging", key) for key in LoggingConfig.model_fields}
+)
 
 
 def _comparable(config: dict) -> dict:
@@ -241,6 +244,7 @@ def run_loop(
     engine = create_store(cfg.db_url)
     sessions = session_factory(engine)
     engines = Engines(cfg, sessions, task)
+    trackers = Trackers(cfg.logging, reporter)
     try:
         executor = make_executor(cfg.executor)
         if cfg.executor.broker_url is None:
@@ -248,6 +252,7 @@ def run_loop(
             # plug-in whose factory raises fails first, and its fix is not a changed config.
             engines.build_judge()
         ctx = Context(cfg, sessions, ensure_run(sessions, cfg), reporter, engines)
+        trackers.start(cfg)
         initial = ensure_initial_checkpoint(ctx)
         accuracy = evaluate_checkpoint(ctx, initial, SFT_ROUND_INDEX)
         reporter.line(f"initial policy: held-out accuracy {format_accuracy(accuracy)}")
@@ -263,6 +268,7 @@ def run_loop(
                 already_done = s.get(Round, round_id).status == RoundStatus.DONE
             if not already_done:
                 run_round(ctx, round_id, executor)
+                trackers.log_round(sessions, ctx.run_id, index)
             with sessions() as s:
                 (summary,) = summaries.round_summaries(s, ctx.run_id, index)
             reporter.line(round_line(summary) + (" (already done)" if already_done else ""))
@@ -278,6 +284,7 @@ def run_loop(
         with sessions() as s:
             rounds_done = summaries.round_summaries(s, ctx.run_id)
     finally:
+        trackers.close()
         engines.close()
         engine.dispose()
     return rounds_done
