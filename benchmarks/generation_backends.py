@@ -20,6 +20,7 @@ from selfplay.config import EngineConfig, TinyModelConfig
 from selfplay.generation import HFBackend, SamplingParams
 from selfplay.generation.vllm import VLLMBackend
 from selfplay.tasks import ArithmeticTask
+from selfplay.tasks.base import Prompt
 from selfplay.tiny_model import build_model, build_tokenizer
 
 SIZES = {
@@ -84,7 +85,8 @@ def bare_vllm(llm: object, prompts: list[str], new: int, seed: int) -> int:
 
 def ours(backend: object, prompts: list[str], new: int, seed: int) -> int:
     params = SamplingParams(n=K, temperature=1.0, max_new_tokens=new, seed=seed)
-    return sum(len(s.token_ids) for samples in backend.generate(prompts, params) for s in samples)
+    outputs = backend.generate([Prompt(p) for p in prompts], params)
+    return sum(len(s.token_ids) for samples in outputs for s in samples)
 
 
 def main() -> None:

@@ -283,6 +283,7 @@ class TrainingPair:
     rejected_sample_index: int = 0
     chosen_target: float | None = None
     rejected_target: float | None = None
+    prompt_messages: list[dict[str, str]] | None = None  # a conversation's turns (None: plain)
 
 
 def pair_ids(session: Session, round_id: int) -> list[int]:
@@ -292,7 +293,8 @@ def pair_ids(session: Session, round_id: int) -> list[int]:
 
 
 def training_pairs(session: Session, round_id: int) -> list[TrainingPair]:
-    """A round's pairs with the prompt text and both responses' token ids, in pair order."""
+    """A round's pairs with the prompt (text and a conversation's messages) and both
+    responses' token ids, in pair order."""
     stmt = join_pair_rows(
         select(
             Pair.id,
@@ -305,6 +307,7 @@ def training_pairs(session: Session, round_id: int) -> list[TrainingPair]:
             REJECTED.sample_index,
             Pair.chosen_target,
             Pair.rejected_target,
+            Prompt.messages,
         )
     )
     stmt = stmt.where(Pair.round_id == round_id).order_by(Pair.id)

@@ -1,4 +1,8 @@
-"""Supervised warm-start of the tiny policy, cached on disk by content hash."""
+"""Supervised warm-start of the tiny policy, cached on disk by content hash.
+
+Prompts are rendered by `selfplay.rendering` under `model.chat_template`, as the loop renders
+them: the tiny model has no chat template, so it reads the plain text unless a template file
+is configured."""
 
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ from selfplay.devices import default_device
 from selfplay.generation.base import SamplingParams
 from selfplay.generation.hf import HFBackend
 from selfplay.model_source import resolve_model
-from selfplay.tasks.base import Task
+from selfplay.rendering import PromptRenderer, padding_id
+from selfplay.tasks.base import Prompt, Task
 from selfplay.tiny_model import build_model, build_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -58,10 +63,11 @@ def _lr_factor(step: int, total: int) -> float:
 
 
 def _encode(
-    tokenizer: PreTrainedTokenizerBase, examples: list[tuple[str, str]]
+    renderer: PromptRenderer, examples: list[tuple[Prompt, str]]
 ) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, completion ids + EOS) per example; prompts encoded as generation does."""
-    prompts = tokenizer([p for p, _ in examples])["input_ids"]
+    """(prompt ids, completion ids + EOS) per example; prompts rendered as generation does."""
+    tokenizer = renderer.tokenizer
+    prompts = renderer.ids_batch([p for p, _ in examples])
     completions = tokenizer([c for _, c in examples], add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     return [(p, c + [eos]) for p, c in zip(prompts, completions, strict=True)]
@@ -94,22 +100,24 @@ class SFTResult:
 def sft_train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    examples: list[tuple[str, str]],
+    examples: list[tuple[Prompt, str]],
     cfg: SFTConfig,
     seed: int,
     progress: Progress | None = None,
     stop: Callable[[int], bool] | None = None,
+    chat_template: str = "auto",
 ) -> SFTResult:
     """Train on (prompt, completion) pairs with completion-only loss.
 
     The loss covers the completion tokens and the EOS appended to them, never the prompt.
     Up to `cfg.steps` AdamW steps of `cfg.batch_size` examples, epochs reshuffled with `seed`;
     warmup then cosine learning-rate decay over `cfg.steps`. `stop(step)` is asked after each
-    step and ends training early when it returns True. Leaves the model in eval mode.
+    step and ends training early when it returns True. Prompts are rendered under
+    `chat_template` (model.chat_template). Leaves the model in eval mode.
     """
     if not examples:
         raise ValueError("sft_train needs at least one example")
-    encoded = _encode(tokenizer, examples)
+    encoded = _encode(PromptRenderer(tokenizer, chat_template), examples)
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=ADAM_BETAS, weight_decay=WEIGHT_DECAY
@@ -128,7 +136,7 @@ def sft_train(
             batch.append(encoded[order[cursor]])
             cursor += 1
         device = next(model.parameters()).device
-        ids, mask, labels = (x.to(device) for x in _collate(batch, tokenizer.pad_token_id))
+        ids, mask, labels = (x.to(device) for x in _collate(batch, padding_id(tokenizer)))
         logits = model(input_ids=ids, attention_mask=mask).logits
         loss = F.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]),
@@ -149,14 +157,14 @@ def sft_train(
     return SFTResult(steps=steps_done, loss=loss_value)
 
 
-def sft_examples(task: Task, cfg: SFTConfig) -> list[tuple[str, str]]:
+def sft_examples(task: Task, cfg: SFTConfig) -> list[tuple[Prompt, str]]:
     """(prompt, reference response) for the task's SFT draw: one example per training sequence."""
     prompts = task.train_prompts(SFT_ROUND, cfg.steps * cfg.batch_size)
     examples = []
     for prompt in prompts:
         response = task.reference_response(prompt)
         if response is not None:
-            examples.append((prompt.text, response))
+            examples.append((prompt, response))
     return examples
 
 
@@ -169,6 +177,7 @@ class _AccuracyStop:
         tokenizer: PreTrainedTokenizerBase,
         task: Task,
         target: float,
+        chat_template: str,
     ) -> None:
         self.model, self.task, self.target = model, task, target
         self.prompts = [
@@ -181,7 +190,8 @@ class _AccuracyStop:
             default=0,
         )
         self.params = SamplingParams(n=1, temperature=0.0, max_new_tokens=longest + 1)
-        self.backend = HFBackend(device=str(next(model.parameters()).device))
+        device = str(next(model.parameters()).device)
+        self.backend = HFBackend(device=device, chat_template=chat_template)
         self.backend.attach(model, tokenizer)
         self.accuracy: float | None = None
 
@@ -189,7 +199,7 @@ class _AccuracyStop:
         if not self.prompts or step % VALIDATE_EVERY:
             return False
         self.model.eval()
-        outputs = self.backend.generate([p.text for p in self.prompts], self.params)
+        outputs = self.backend.generate(self.prompts, self.params)
         self.model.train()
         correct = sum(
             self.task.verify(p, o[0].text)[0] for p, o in zip(self.prompts, outputs, strict=True)
@@ -199,10 +209,11 @@ class _AccuracyStop:
         return self.accuracy >= self.target
 
 
-def _cache_key(model_cfg: ModelConfig, seed: int, examples: list[tuple[str, str]]) -> str:
+def _cache_key(model_cfg: ModelConfig, seed: int, examples: list[tuple[Prompt, str]]) -> str:
     data = hashlib.sha256()
     for prompt, response in examples:
-        data.update(json.dumps([prompt, response]).encode())
+        shown = prompt.text if prompt.messages is None else prompt.stored_messages()
+        data.update(json.dumps([shown, response]).encode())
     spec = {
         "format": CACHE_FORMAT,
         "tiny": model_cfg.tiny.model_dump(mode="json"),
@@ -210,6 +221,10 @@ def _cache_key(model_cfg: ModelConfig, seed: int, examples: list[tuple[str, str]
         "seed": seed,
         "examples": data.hexdigest(),
     }
+    # Only a template file changes what the tiny model (which has no template) is trained on;
+    # without one the key is what it was before model.chat_template existed.
+    if model_cfg.chat_template not in ("auto", "none"):
+        spec["chat_template"] = Path(model_cfg.chat_template).expanduser().read_text()
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -255,8 +270,18 @@ def prepare_policy(
         result, stop = SFTResult(steps=0, loss=float("nan")), None
         if model_cfg.sft.steps > 0:
             if model_cfg.sft.target_accuracy is not None:
-                stop = _AccuracyStop(model, tokenizer, task, model_cfg.sft.target_accuracy)
-            result = sft_train(model, tokenizer, examples, model_cfg.sft, seed, progress, stop)
+                target = model_cfg.sft.target_accuracy
+                stop = _AccuracyStop(model, tokenizer, task, target, model_cfg.chat_template)
+            result = sft_train(
+                model,
+                tokenizer,
+                examples,
+                model_cfg.sft,
+                seed,
+                progress,
+                stop,
+                model_cfg.chat_template,
+            )
         seconds = time.perf_counter() - start
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -14,29 +14,29 @@ from selfplay.generation.base import GenerationBackend, Sample, SamplingParams
 from selfplay.generation.hf import HFBackend
 
 
-def _hf(cfg: GenerationConfig, dtype: ModelDtype) -> GenerationBackend:
-    return HFBackend(prompts_per_batch=cfg.prompts_per_batch, device=default_device(), dtype=dtype)
+def _hf(cfg: GenerationConfig, dtype: ModelDtype, chat_template: str) -> GenerationBackend:
+    return HFBackend(cfg.prompts_per_batch, default_device(), dtype, chat_template)
 
 
-def _vllm(cfg: GenerationConfig, dtype: ModelDtype) -> GenerationBackend:
+def _vllm(cfg: GenerationConfig, dtype: ModelDtype, chat_template: str) -> GenerationBackend:
     from selfplay.generation.vllm import VLLMBackend
 
-    return VLLMBackend(cfg.engine, dtype)
+    return VLLMBackend(cfg.engine, dtype, chat_template)
 
 
-def _sglang(cfg: GenerationConfig, dtype: ModelDtype) -> GenerationBackend:
+def _sglang(cfg: GenerationConfig, dtype: ModelDtype, chat_template: str) -> GenerationBackend:
     from selfplay.generation.sglang import SGLangBackend
 
-    return SGLangBackend(cfg.engine, dtype)
+    return SGLangBackend(cfg.engine, dtype, chat_template)
 
 
-def _openai(cfg: GenerationConfig, dtype: ModelDtype) -> GenerationBackend:
+def _openai(cfg: GenerationConfig, dtype: ModelDtype, chat_template: str) -> GenerationBackend:
     from selfplay.generation.openai_backend import OpenAIBackend
 
-    return OpenAIBackend(cfg.openai, dtype)
+    return OpenAIBackend(cfg.openai, dtype, chat_template)
 
 
-BACKENDS: dict[str, Callable[[GenerationConfig, ModelDtype], GenerationBackend]] = {
+BACKENDS: dict[str, Callable[[GenerationConfig, ModelDtype, str], GenerationBackend]] = {
     "hf": _hf,
     "vllm": _vllm,
     "sglang": _sglang,
@@ -46,7 +46,10 @@ BACKENDS: dict[str, Callable[[GenerationConfig, ModelDtype], GenerationBackend]]
 __all__ = ["BACKENDS", "GenerationBackend", "HFBackend", "Sample", "SamplingParams", "make_backend"]
 
 
-def make_backend(cfg: GenerationConfig, dtype: ModelDtype = "auto") -> GenerationBackend:
-    """Build the backend named by `cfg.backend`, loading checkpoints in `dtype` (model.dtype);
-    no checkpoint loaded yet."""
-    return BACKENDS[cfg.backend](cfg, dtype)
+def make_backend(
+    cfg: GenerationConfig, dtype: ModelDtype = "auto", chat_template: str = "auto"
+) -> GenerationBackend:
+    """Build the backend named by `cfg.backend`, loading checkpoints in `dtype` (model.dtype)
+    and rendering prompts under `chat_template` (model.chat_template); no checkpoint loaded
+    yet."""
+    return BACKENDS[cfg.backend](cfg, dtype, chat_template)

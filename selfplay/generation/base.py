@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+    from selfplay.tasks.base import Prompt
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -40,8 +42,11 @@ class SamplingParams:
 class GenerationBackend(Protocol):
     """Generates responses from one loaded checkpoint."""
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
-        """Return, per prompt, `params.n` samples. Deterministic for a fixed seed and batch."""
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Sample]]:
+        """Return, per prompt, `params.n` samples. Deterministic for a fixed seed and batch.
+
+        Each prompt is given to the policy as `selfplay.rendering.PromptRenderer` renders it
+        for the loaded checkpoint (its chat template, or the plain text)."""
         ...
 
     def load(self, checkpoint_dir: str) -> None:
@@ -73,16 +78,6 @@ def import_engine(module: str, *extras: str) -> Any:
 def resolve_dir(checkpoint_dir: str) -> str:
     """The absolute, symlink-free form of a checkpoint directory (the backends' cache key)."""
     return os.path.realpath(os.path.expanduser(str(checkpoint_dir)))
-
-
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
-    """Prompt token ids as the checkpoint's tokenizer encodes them (special tokens included,
-    no padding); a prompt that encodes to no tokens is a ValueError."""
-    encoded = tokenizer(prompts)["input_ids"]
-    for prompt, ids in zip(prompts, encoded, strict=True):
-        if not ids:
-            raise ValueError(f"prompt {prompt!r} encodes to no tokens")
-    return encoded
 
 
 def stop_ids(

@@ -17,24 +17,31 @@ from selfplay.generation.base import (
     Sample,
     SamplingParams,
     check_greedy,
-    encode_prompts,
     resolve_dir,
     stop_ids,
 )
 from selfplay.precision import load_dtype
+from selfplay.rendering import PromptRenderer, padding_id
+from selfplay.tasks.base import Prompt
 
 
 class HFBackend:
     """Generates with a transformers causal LM kept loaded between calls."""
 
     def __init__(
-        self, prompts_per_batch: int = 256, device: str = "cpu", dtype: ModelDtype = "auto"
+        self,
+        prompts_per_batch: int = 256,
+        device: str = "cpu",
+        dtype: ModelDtype = "auto",
+        chat_template: str = "auto",
     ) -> None:
         self.prompts_per_batch = prompts_per_batch
+        self.chat_template = chat_template  # model.chat_template (selfplay.rendering)
         self.dtype = dtype  # model.dtype, resolved per checkpoint (selfplay.precision)
         self.device = torch.device(device)
         self.model: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.renderer: PromptRenderer | None = None
         self.checkpoint_dir: str | None = None
         self._stop_ids: torch.Tensor | None = None
         self._pad_id = 0
@@ -65,12 +72,11 @@ class HFBackend:
         """
         stops = stop_ids(tokenizer, model.generation_config.eos_token_id, checkpoint_dir or "model")
         self.model, self.tokenizer, self.checkpoint_dir = model, tokenizer, checkpoint_dir
+        self.renderer = PromptRenderer(tokenizer, self.chat_template, checkpoint_dir or "")
         self._stop_ids = torch.tensor(sorted(stops), device=self.device)
-        pad = tokenizer.pad_token_id
-        # Padding is masked out, so any id will do when the tokenizer has no pad token.
-        self._pad_id = pad if pad is not None else min(stops)
+        self._pad_id = padding_id(tokenizer)
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Sample]]:
         """Return, per prompt, `params.n` samples; deterministic for a fixed seed and prompt list.
 
         Prompts are processed `prompts_per_batch` at a time with one generator seeded from
@@ -89,11 +95,12 @@ class HFBackend:
 
     @torch.inference_mode()
     def _generate_batch(
-        self, prompts: list[str], params: SamplingParams, gen: torch.Generator
+        self, prompts: list[Prompt], params: SamplingParams, gen: torch.Generator
     ) -> list[list[Sample]]:
         assert self.model is not None and self.tokenizer is not None and self._stop_ids is not None
+        assert self.renderer is not None
         n, max_new = params.n, params.max_new_tokens
-        encoded = encode_prompts(self.tokenizer, prompts)
+        encoded = self.renderer.ids_batch(prompts)
         width = max(len(ids) for ids in encoded)
         input_ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)

@@ -4,7 +4,19 @@ One request per prompt asks for its K samples with `n` and the sampled tokens' l
 (`logprobs: 0`); requests run concurrently under `max_concurrency`, and 408, 409, 429, 5xx,
 timeouts and lost connections are retried up to `max_retries` times under selfplay's one
 policy (selfplay/http_retry.py: full-jitter backoff from 0.5 s, or the server's Retry-After;
-each wait at most 30 s). Token ids come from the server when it returns them (vLLM's
+each wait at most 30 s).
+
+What the policy sees: with `endpoint: completions` selfplay renders the prompt itself
+(`selfplay.rendering`: the chat template, or the plain text) and sends its token ids as the
+`prompt` (vLLM and SGLang accept a list of ints), so the server applies no template. With
+`endpoint: chat` the server renders `prompt.chat()` with its own template; when it reports the
+prompt's token ids (vLLM's `return_token_ids`) and the checkpoint is local, they must equal
+the renderer's, else the request fails saying so: the tokens sampled after must be the tokens
+trained after. A hosted model without a local tokenizer is sent the plain text (completions)
+or the messages (chat). With a local checkpoint the request also names every stop id of its
+generation_config (`stop_token_ids`, a vLLM extension other servers ignore).
+
+Token ids come from the server when it returns them (vLLM's
 `return_token_ids`); otherwise they are the checkpoint tokenizer's encoding of the text (plus
 EOS when the server stopped on it).
 
@@ -39,11 +51,14 @@ from selfplay.generation.base import (
     Sample,
     SamplingParams,
     check_greedy,
+    checkpoint_stop_ids,
     import_engine,
     resolve_dir,
 )
 from selfplay.http_retry import Failure, RetryPolicy, with_retries
 from selfplay.precision import load_dtype
+from selfplay.rendering import PromptRenderer
+from selfplay.tasks.base import Prompt
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +72,19 @@ class ServerError(RuntimeError):
 class OpenAIBackend:
     """Generates through an OpenAI-compatible HTTP API."""
 
-    def __init__(self, cfg: OpenAIConfig | None = None, dtype: ModelDtype = "auto") -> None:
+    def __init__(
+        self,
+        cfg: OpenAIConfig | None = None,
+        dtype: ModelDtype = "auto",
+        chat_template: str = "auto",
+    ) -> None:
         self.cfg = cfg or OpenAIConfig()
         self.dtype = dtype  # model.dtype: {dtype} of the managed server's command
+        self.chat_template = chat_template  # model.chat_template (selfplay.rendering)
         self.checkpoint_dir: str | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.renderer: PromptRenderer | None = None  # None: no local tokenizer (hosted)
+        self._stop_ids: list[int] | None = None
         self.base_url: str | None = self.cfg.url.rstrip("/") if self.cfg.url else None
         self.model: str | None = self.cfg.model
         self.server: subprocess.Popen | None = None
@@ -103,6 +126,11 @@ class OpenAIBackend:
             self._wait_ready(None)  # the external server serves the one policy of this run
             kind = "keep"
         self.tokenizer = _local_tokenizer(path)
+        if self.tokenizer is not None:
+            self.renderer = PromptRenderer(self.tokenizer, self.chat_template, path)
+            self._stop_ids = sorted(checkpoint_stop_ids(self.tokenizer, path))
+        else:
+            self.renderer, self._stop_ids = None, None
         self.checkpoint_dir = path
         self.last_load = (kind, time.perf_counter() - start)
 
@@ -180,7 +208,7 @@ class OpenAIBackend:
         key = os.environ.get(self.cfg.api_key_env)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Sample]]:
         """Return, per prompt, `params.n` samples; prompt i is seeded `seed + i·n`."""
         if self.checkpoint_dir is None or self.base_url is None:
             raise RuntimeError("OpenAIBackend.generate called before load()")
@@ -189,22 +217,25 @@ class OpenAIBackend:
             return []
         return asyncio.run(self._generate_all(prompts, params))
 
-    async def _generate_all(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
+    async def _generate_all(
+        self, prompts: list[Prompt], params: SamplingParams
+    ) -> list[list[Sample]]:
         httpx = import_engine("httpx", "openai")
         limit = asyncio.Semaphore(self.cfg.max_concurrency)
         async with httpx.AsyncClient(
             base_url=self.base_url, headers=self._headers(), timeout=self.cfg.timeout_s
         ) as client:
 
-            async def one(i: int, prompt: str) -> list[Sample]:
+            async def one(i: int, prompt: Prompt) -> list[Sample]:
                 async with limit:
                     body = self._request_body(prompt, params, params.seed + i * params.n)
                     data = await self._post(client, body)
+                    self._check_prompt_tokens(prompt, data)
                     return self._samples(data, params.n)
 
             return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
 
-    def _request_body(self, prompt: str, params: SamplingParams, seed: int) -> dict[str, Any]:
+    def _request_body(self, prompt: Prompt, params: SamplingParams, seed: int) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
             "n": params.n,
@@ -215,11 +246,35 @@ class OpenAIBackend:
         }
         if params.temperature > 0:
             body["seed"] = seed
+        if self._stop_ids is not None:
+            body["stop_token_ids"] = self._stop_ids
         if self.cfg.endpoint == "chat":
-            body |= {"messages": [{"role": "user", "content": prompt}], "logprobs": True}
+            body |= {"messages": prompt.chat(), "logprobs": True}
+        elif self.renderer is not None:
+            body |= {"prompt": self.renderer.ids(prompt), "logprobs": 0}
+        elif prompt.messages is None:
+            body |= {"prompt": prompt.text, "logprobs": 0}
         else:
-            body |= {"prompt": prompt, "logprobs": 0}
+            raise ValueError(
+                "generation.openai.endpoint: completions cannot send a conversation to a model "
+                "without a local tokenizer to render it: use endpoint: chat"
+            )
         return body
+
+    def _check_prompt_tokens(self, prompt: Prompt, data: dict[str, Any]) -> None:
+        """ServerError when the chat server reports prompt tokens other than the renderer's."""
+        served = data.get("prompt_token_ids")
+        if self.cfg.endpoint != "chat" or served is None or self.renderer is None:
+            return
+        ours = self.renderer.ids(prompt)
+        if list(served) != ours:
+            raise ServerError(
+                f"{self.base_url}: the server's chat template renders a prompt to other tokens "
+                f"than model.chat_template ({self.chat_template}) does ({len(served)} vs "
+                f"{len(ours)} tokens; server: {self.renderer.tokenizer.decode(served)[:200]!r}, ours: "
+                f"{self.renderer.text(prompt)[:200]!r}): use endpoint: completions (selfplay "
+                "sends its own rendering) or start the server with the same template"
+            )
 
     async def _post(self, client: Any, body: dict[str, Any]) -> dict[str, Any]:
         """The JSON answer to one request, retried (see the module docstring); a final

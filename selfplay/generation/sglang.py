@@ -1,6 +1,6 @@
 """The SGLang backend: an in-process `sglang.Engine` (GPU only), symmetric with `vllm`.
 
-Prompts go in as the checkpoint tokenizer's ids and responses come back as ids decoded by that
+Prompts go in as the ids `selfplay.rendering` gives for the checkpoint's tokenizer and responses come back as ids decoded by that
 tokenizer, as in the other backends; log-probs are SGLang's sampled-token log-probs. A new
 checkpoint of the same shape is loaded in place (`update_weights_from_disk`), anything else
 rebuilds the engine. SGLang does not install on a CPU-only machine; its OpenAI-compatible
@@ -24,11 +24,12 @@ from selfplay.generation.base import (
     SamplingParams,
     check_greedy,
     checkpoint_stop_ids,
-    encode_prompts,
     import_engine,
     resolve_dir,
 )
 from selfplay.precision import load_dtype
+from selfplay.rendering import PromptRenderer
+from selfplay.tasks.base import Prompt
 
 
 def shape_signature(path: str, tokenizer: PreTrainedTokenizerBase) -> str:
@@ -44,11 +45,18 @@ def shape_signature(path: str, tokenizer: PreTrainedTokenizerBase) -> str:
 class SGLangBackend:
     """Generates with one `sglang.Engine` kept alive across rounds."""
 
-    def __init__(self, engine: EngineConfig | None = None, dtype: ModelDtype = "auto") -> None:
+    def __init__(
+        self,
+        engine: EngineConfig | None = None,
+        dtype: ModelDtype = "auto",
+        chat_template: str = "auto",
+    ) -> None:
         self.engine_cfg = engine or EngineConfig()
         self.dtype = dtype  # model.dtype, resolved per checkpoint (selfplay.precision)
+        self.chat_template = chat_template  # model.chat_template (selfplay.rendering)
         self.engine: Any = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.renderer: PromptRenderer | None = None
         self.checkpoint_dir: str | None = None
         self._signature: str | None = None
         self._stop_ids: set[int] = set()
@@ -87,6 +95,7 @@ class SGLangBackend:
             kind = "build"
         self.tokenizer, self.checkpoint_dir, self._signature = tokenizer, path, signature
         self._stop_ids = checkpoint_stop_ids(tokenizer, path)
+        self.renderer = PromptRenderer(tokenizer, self.chat_template, path)
         self.last_load = (kind, time.perf_counter() - start)
 
     def close(self) -> None:
@@ -96,9 +105,9 @@ class SGLangBackend:
             self.engine = None
             self.checkpoint_dir = None
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Sample]]:
         """Return, per prompt, `params.n` samples (SGLang expands `n` itself)."""
-        if self.engine is None or self.tokenizer is None:
+        if self.engine is None or self.renderer is None:
             raise RuntimeError("SGLangBackend.generate called before load()")
         check_greedy(params)
         if not prompts:
@@ -110,7 +119,7 @@ class SGLangBackend:
             "max_new_tokens": params.max_new_tokens,
             "stop_token_ids": sorted(self._stop_ids),
         }
-        encoded = encode_prompts(self.tokenizer, prompts)
+        encoded = self.renderer.ids_batch(prompts)
         outputs = self.engine.generate(
             input_ids=encoded,
             sampling_params=sampling,

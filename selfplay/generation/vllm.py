@@ -1,7 +1,7 @@
 """The vLLM backend: an in-process `vllm.LLM`, K samples per prompt through `n`.
 
-Prompts are tokenized with the checkpoint's own tokenizer exactly as the `hf` backend does and
-sent as token ids; responses are decoded by that tokenizer too, so both backends see the same
+Prompts are rendered and tokenized by `selfplay.rendering` exactly as in the `hf` backend and
+sent as token ids (vLLM never applies a template of its own); responses are decoded by that tokenizer too, so both backends see the same
 tokens and return the same text for them. Log-probs are vLLM's default `raw_logprobs`: the
 sampled token under the raw logits at temperature 1, what `Sample.logprob` promises.
 
@@ -28,11 +28,12 @@ from selfplay.generation.base import (
     SamplingParams,
     check_greedy,
     checkpoint_stop_ids,
-    encode_prompts,
     import_engine,
     resolve_dir,
 )
 from selfplay.precision import load_dtype
+from selfplay.rendering import PromptRenderer
+from selfplay.tasks.base import Prompt
 
 if TYPE_CHECKING:
     from vllm import LLM
@@ -41,11 +42,18 @@ if TYPE_CHECKING:
 class VLLMBackend:
     """Generates with one `vllm.LLM` kept alive across rounds."""
 
-    def __init__(self, engine: EngineConfig | None = None, dtype: ModelDtype = "auto") -> None:
+    def __init__(
+        self,
+        engine: EngineConfig | None = None,
+        dtype: ModelDtype = "auto",
+        chat_template: str = "auto",
+    ) -> None:
         self.engine = engine or EngineConfig()
         self.dtype = dtype  # model.dtype, resolved per checkpoint (selfplay.precision)
+        self.chat_template = chat_template  # model.chat_template (selfplay.rendering)
         self.llm: LLM | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.renderer: PromptRenderer | None = None
         self.checkpoint_dir: str | None = None
         self._stop_ids: set[int] = set()
         self.load_seconds: float | None = None  # how long the last `load` took
@@ -61,6 +69,7 @@ class VLLMBackend:
         self.close()
         self.llm = self._build(path)
         self.tokenizer, self.checkpoint_dir, self._stop_ids = tokenizer, path, stops
+        self.renderer = PromptRenderer(tokenizer, self.chat_template, path)
         self.load_seconds = time.perf_counter() - start
 
     def _build(self, path: str) -> LLM:
@@ -85,13 +94,13 @@ class VLLMBackend:
             self.checkpoint_dir = None
             gc.collect()
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Sample]]:
         """Return, per prompt, `params.n` samples; prompt i of the list is seeded `seed + i·n`.
 
         The seed of each prompt depends on its position only, so a sample does not depend on
         the batch it ran in (unlike the `hf` backend, whose one generator spans the call).
         """
-        if self.llm is None or self.tokenizer is None:
+        if self.llm is None or self.tokenizer is None or self.renderer is None:
             raise RuntimeError("VLLMBackend.generate called before load()")
         check_greedy(params)
         if not prompts:
@@ -99,7 +108,7 @@ class VLLMBackend:
         from vllm import SamplingParams as VSamplingParams
         from vllm.inputs import TokensPrompt
 
-        encoded = encode_prompts(self.tokenizer, prompts)
+        encoded = self.renderer.ids_batch(prompts)
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in encoded]
         sampling = [
             VSamplingParams(

@@ -135,8 +135,9 @@ class Policy:
     backend: GenerationBackend
     path: str
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
-        """Sample from this checkpoint (loading it into the engine if another one is loaded)."""
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Sample]]:
+        """Sample from this checkpoint (loading it into the engine if another one is loaded);
+        the engine renders each prompt for the policy (selfplay.rendering)."""
         self.backend.load(self.path)
         return self.backend.generate(prompts, params)
 

@@ -4,6 +4,10 @@ The policy reads the additive 5-point prompt (one point per criterion met, 0–5
 writes its verdict, which must end with "Score: <points>". Each judgment samples once; the
 loop's `judge.repeats` asks N times (a different seed per repeat) and the pair builders use
 the mean. An answer with no parseable score is a failed judgment that keeps the raw text.
+
+The filled-in prompt is one user turn: a policy with a chat template reads it rendered as chat
+(selfplay.rendering), one without reads the plain text. A conversation being judged is shown
+in `{prompt}` as a transcript of its turns (`request_text`, as the api judge shows it).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import time
 
 from selfplay.config import JudgeConfig
 from selfplay.generation.base import SamplingParams
+from selfplay.judges.api import request_text
 from selfplay.judges.base import BaseJudge, JudgeEnv, JudgeItem, Policy, Verdict
+from selfplay.tasks.base import Prompt
 
 # The additive rubric of Self-Rewarding LMs (2401.10020, Fig. 2), shortened so that it fits a
 # small context with the question and the answer.
@@ -74,7 +80,9 @@ class SelfJudge(BaseJudge):
         every item."""
         if not items:
             return []
-        prompts = [fill_template(self.template, i.prompt.text, i.response) for i in items]
+        prompts = [
+            Prompt(fill_template(self.template, request_text(i.prompt), i.response)) for i in items
+        ]
         repeat = int(items[0].extra.get("repeat", 0))
         params = SamplingParams(
             n=1,

@@ -45,7 +45,8 @@ class Engines:
         if self._backend is None:
             from selfplay.generation import make_backend
 
-            self._backend = make_backend(self.cfg.generation, self.cfg.model.dtype)
+            model = self.cfg.model
+            self._backend = make_backend(self.cfg.generation, model.dtype, model.chat_template)
         return self._backend
 
     @property

@@ -32,7 +32,7 @@ def sample_once(
     samples: list[Sample] = []
     for i in range(0, len(prompts), batch_size):
         batch = prompts[i : i + batch_size]
-        samples += [out[0] for out in backend.generate([p.text for p in batch], params)]
+        samples += [out[0] for out in backend.generate(batch, params)]
         advance(len(batch))
     return samples
 
@@ -124,8 +124,8 @@ def guard_metrics(ctx: Context, round_id: int) -> dict[str, float] | None:
     )
     proxy = [v.score for v in verdicts if v.status == "ok" and v.score is not None]
 
-    sft = Scorer(sft_path, ctx.cfg.model.dtype)
-    ref = sft.score([p.text for p in prompts], [y.token_ids for y in samples])
+    sft = Scorer(sft_path, ctx.cfg.model.dtype, ctx.cfg.model.chat_template)
+    ref = sft.score(prompts, [y.token_ids for y in samples])
     del sft
     n = len(samples)
     values = {

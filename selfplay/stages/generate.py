@@ -13,6 +13,7 @@ from selfplay.faults import commit_point
 from selfplay.generation.base import SamplingParams
 from selfplay.stages.context import Context, derive_seed, get_round
 from selfplay.stages.samples import response_row, sample_sources
+from selfplay.tasks.base import Prompt as TaskPrompt
 
 
 def insert_prompts(ctx: Context, round_id: int) -> None:
@@ -70,7 +71,9 @@ def generate_block(ctx: Context, round_id: int, block: int, source: str = "polic
         max_new_tokens=gen.max_new_tokens,
         seed=derive_seed(ctx.cfg.run.seed, round_index, block, first),
     )
-    outputs = backend.generate([p.text for p in prompts], params)
+    outputs = backend.generate(
+        [TaskPrompt.from_row(p.text, p.answer, p.messages) for p in prompts], params
+    )
     rows = [
         response_row(round_id, prompt.id, first + k, policy.id, sample)
         for prompt, samples in zip(prompts, outputs, strict=True)

@@ -1,6 +1,10 @@
 """The revise stage (critique → revise): the round's policy rewrites planned responses given
 their critique; the revisions are stored as responses of the round (`revises_id` → the
-original), for the judge stage to judge next."""
+original), for the judge stage to judge next.
+
+What the policy is asked: with a chat template (selfplay.rendering) a conversation, the
+prompt's turns, the original response as an assistant turn and `revise.critique_turn` (the
+critique) as the user's next turn; without one, `revise.prompt_template` as plain text."""
 
 from __future__ import annotations
 
@@ -11,10 +15,13 @@ from sqlalchemy import select
 from db import queries
 from db.engine import transaction
 from db.models import Prompt, Response
+from selfplay.config import ReviseConfig
 from selfplay.faults import commit_point
 from selfplay.generation.base import SamplingParams
+from selfplay.rendering import PromptRenderer
 from selfplay.stages.context import Context, derive_seed, get_round
 from selfplay.stages.samples import response_row, sample_sources
+from selfplay.tasks.base import Prompt as TaskPrompt
 
 REVISE_SEED_SALT = 0x5E715E  # keeps revision seeds apart from the generation blocks'
 
@@ -56,6 +63,21 @@ def revision_plan(ctx: Context, round_id: int) -> list[tuple[queries.ScoredRespo
     return candidates[: cfg.max_per_round]
 
 
+def revision_request(
+    cfg: ReviseConfig, prompt: TaskPrompt, response: str, critique: str, chat: bool
+) -> TaskPrompt:
+    """What the policy is asked to revise `response` to `prompt`: with `chat` (the policy has a
+    chat template) the conversation prompt + response (assistant) + critique turn (user), else
+    the plain text of `cfg.prompt_template`."""
+    if chat:
+        turns = [(m["role"], m["content"]) for m in prompt.chat()]
+        ask = cfg.critique_turn.format(critique=critique)
+        return TaskPrompt.conversation([*turns, ("assistant", response), ("user", ask)])
+    return TaskPrompt(
+        cfg.prompt_template.format(prompt=prompt.text, response=response, critique=critique)
+    )
+
+
 def revise_round(ctx: Context, round_id: int) -> None:
     """Generate and store the round's planned revisions (when revise.enabled).
 
@@ -73,8 +95,8 @@ def revise_round(ctx: Context, round_id: int) -> None:
         rnd = get_round(s, round_id)
         round_index, policy = rnd.index, rnd.policy_checkpoint
         done = queries.revised_ids(s, round_id)
-        prompts = {
-            p.id: p
+        asked = {
+            p.id: TaskPrompt.from_row(p.text, p.answer, p.messages)
             for p in s.scalars(select(Prompt).where(Prompt.id.in_({r.prompt_id for r, _ in plan})))
         }
     # A chunk commits at once: it is done when its revisions are stored.
@@ -87,6 +109,7 @@ def revise_round(ctx: Context, round_id: int) -> None:
         return
     backend = ctx.engines.backend
     backend.load(policy.path)
+    chat = PromptRenderer.load(policy.path, ctx.cfg.model.chat_template).templated
     with ctx.reporter.bar("revising", sum(len(chunk) for _, chunk in todo)) as advance:
         for c, chunk in todo:
             params = SamplingParams(
@@ -97,11 +120,7 @@ def revise_round(ctx: Context, round_id: int) -> None:
                 seed=derive_seed(ctx.cfg.run.seed, round_index, REVISE_SEED_SALT, c),
             )
             asks = [
-                cfg.prompt_template.format(
-                    prompt=prompts[r.prompt_id].text,
-                    response=r.text,
-                    critique=critique,
-                )
+                revision_request(cfg, asked[r.prompt_id], r.text, critique, chat)
                 for r, critique in chunk
             ]
             outputs = backend.generate(asks, params)

@@ -12,8 +12,10 @@ from selfplay.config import SelfplayConfig
 from selfplay.devices import default_device
 from selfplay.faults import commit_point
 from selfplay.precision import save_dtype
+from selfplay.rendering import PromptRenderer, padding_id
 from selfplay.scoring import Scorer
 from selfplay.stages.context import Context, derive_seed, get_round, metric_rows
+from selfplay.tasks.base import Prompt
 
 LOGPROB_CHUNK = 512
 METRIC_FLUSH_STEPS = 50
@@ -30,6 +32,11 @@ def logprob_sources(cfg: SelfplayConfig) -> dict[str, str]:
     return out
 
 
+def pair_prompt(pair: queries.TrainingPair) -> Prompt:
+    """The prompt a training pair answers, as stored (plain text or conversation)."""
+    return Prompt.from_row(pair.prompt, None, pair.prompt_messages)
+
+
 def ensure_logprobs(
     ctx: Context, round_id: int, source: str, pairs: list[queries.TrainingPair]
 ) -> dict[int, float]:
@@ -41,13 +48,13 @@ def ensure_logprobs(
     missing = sorted(set(wanted) - set(have))
     if not missing:
         return have
-    scorer = Scorer(ckpt.path, ctx.cfg.model.dtype)
+    scorer = Scorer(ckpt.path, ctx.cfg.model.dtype, ctx.cfg.model.chat_template)
     label = "reference log-probs" if source == "sft" else "π_t log-probs"
     with ctx.reporter.bar(label, len(missing)) as advance:
         for i in range(0, len(missing), LOGPROB_CHUNK):
             ids = missing[i : i + LOGPROB_CHUNK]
             values = scorer.score(
-                [wanted[rid].prompt for rid in ids],
+                [pair_prompt(wanted[rid]) for rid in ids],
                 [
                     wanted[rid].chosen_token_ids
                     if rid == wanted[rid].chosen_id
@@ -100,9 +107,11 @@ def train_round(ctx: Context, round_id: int) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(policy.path)
     model = load_trainable(policy.path, ctx.cfg.training, default_device())
+    renderer = PromptRenderer(tokenizer, ctx.cfg.model.chat_template, policy.path)
+    prompt_ids = renderer.ids_batch([pair_prompt(p) for p in pairs])
     examples = [
         PairExample(
-            prompt_ids=tokenizer(p.prompt)["input_ids"],
+            prompt_ids=ids,
             chosen_ids=p.chosen_token_ids,
             rejected_ids=p.rejected_token_ids,
             ref_chosen_logp=ref.get(p.chosen_id, 0.0),
@@ -113,7 +122,7 @@ def train_round(ctx: Context, round_id: int) -> None:
             rejected_target=p.rejected_target,
             chosen_is_ref_sample=(p.chosen_sample_index >= k) if spec.needs_ref_sample else None,
         )
-        for p in pairs
+        for p, ids in zip(pairs, prompt_ids, strict=True)
     ]
     with transaction(ctx.sessions) as s:
         queries.delete_metrics(s, ctx.run_id, round_index, "train")
@@ -139,7 +148,7 @@ def train_round(ctx: Context, round_id: int) -> None:
             model,
             examples,
             cfg,
-            pad_id=tokenizer.pad_token_id,
+            pad_id=padding_id(tokenizer),
             seed=derive_seed(ctx.cfg.run.seed, round_index),
             on_step=on_step,
         )

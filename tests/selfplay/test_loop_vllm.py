@@ -41,7 +41,7 @@ def _hf_eval(path: str, task_cfg: TaskConfig) -> tuple[float, float]:
     prompts = task.heldout_prompts()
     hf = HFBackend()
     hf.load(path)
-    outputs = [s for (s,) in hf.generate([p.text for p in prompts], SamplingParams(temperature=0))]
+    outputs = [s for (s,) in hf.generate(prompts, SamplingParams(temperature=0))]
     correct = sum(task.verify(p, s.text)[0] for p, s in zip(prompts, outputs, strict=True))
     return correct / len(prompts), sum(len(s.token_ids) for s in outputs) / len(prompts)
 

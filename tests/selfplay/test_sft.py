@@ -9,6 +9,7 @@ from selfplay.config import ModelConfig, SFTConfig, TinyModelConfig
 from selfplay.generation import HFBackend, SamplingParams
 from selfplay.sft import IGNORE_INDEX, _collate, prepare_policy, sft_train
 from selfplay.tasks import ArithmeticTask, JsonlTask
+from selfplay.tasks.base import Prompt
 from selfplay.tiny_model import build_model, build_tokenizer
 
 TINY = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
@@ -31,20 +32,21 @@ def test_collate_masks_prompt_and_padding_out_of_the_labels():
 
 def test_sft_learns_a_completion_and_its_eos():
     model, tok = _model()
-    examples = [("Q:1+1=", "A:2"), ("Q:2+2=", "A:4")]
+    examples = [(Prompt("Q:1+1="), "A:2"), (Prompt("Q:2+2="), "A:4")]
     result = sft_train(model, tok, examples, SFT.model_copy(update={"steps": 60}), seed=0)
     assert result.steps == 60 and result.loss < 0.1
     assert not model.training
     backend = HFBackend()
     backend.attach(model, tok)
-    out = backend.generate(["Q:1+1=", "Q:2+2="], SamplingParams(temperature=0, max_new_tokens=6))
+    params = SamplingParams(temperature=0, max_new_tokens=6)
+    out = backend.generate([p for p, _ in examples], params)
     assert [o[0].text for o in out] == ["A:2", "A:4"]
     assert all(o[0].finish_reason == "stop" for o in out)
 
 
 def test_sft_is_deterministic_for_a_seed_and_reports_progress():
     examples = ArithmeticTask(0, 500).train_prompts(0, 64)
-    pairs = [(p.text, f"A:{p.answer}") for p in examples]
+    pairs = [(p, f"A:{p.answer}") for p in examples]
     states, seen = [], []
     for _ in range(2):
         model, tok = _model()
@@ -60,7 +62,8 @@ def test_sft_is_deterministic_for_a_seed_and_reports_progress():
 
 def test_sft_stop_callback_ends_training_early():
     model, tok = _model()
-    result = sft_train(model, tok, [("Q:1+1=", "A:2")], SFT, seed=0, stop=lambda step: step == 3)
+    examples = [(Prompt("Q:1+1="), "A:2")]
+    result = sft_train(model, tok, examples, SFT, seed=0, stop=lambda step: step == 3)
     assert result.steps == 3
 
 
@@ -80,7 +83,7 @@ def test_prepare_policy_builds_a_loadable_checkpoint_then_reuses_it(tmp_path, mo
     assert json.loads((path / "selfplay_sft.json").read_text())["steps"] == 30
     backend = HFBackend()
     backend.load(str(path))
-    (sample,) = backend.generate(["Q:1+2="], SamplingParams(temperature=0))[0]
+    (sample,) = backend.generate([Prompt("Q:1+2=")], SamplingParams(temperature=0))[0]
     assert sample.token_ids
 
     mtime = (path / "model.safetensors").stat().st_mtime_ns

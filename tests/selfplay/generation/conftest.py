@@ -18,7 +18,7 @@ def engine_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(ENGINE_TINY, tok)
     prompts = ArithmeticTask(0, 500).train_prompts(0, 2000)
-    examples = [(p.text, f"A:{p.answer}") for p in prompts]
+    examples = [(p, f"A:{p.answer}") for p in prompts]
     sft_train(model, tok, examples, SFTConfig(steps=120, batch_size=32, lr=1e-2), seed=0)
     path = tmp_path_factory.mktemp("engine-tiny")
     # A chat template that passes the user message through: chat and completions then agree.
@@ -51,7 +51,8 @@ def forward_logprob():
 
 
 def _forward_logprob(model, tokenizer, prompt: str, token_ids: list[int]) -> float:
-    """Sum log-prob of a response by one unpadded float32 forward pass over prompt + response."""
+    """Sum log-prob of a response by one unpadded float32 forward pass over prompt + response
+    (the prompt's plain text, encoded with the tokenizer's special tokens)."""
     prompt_ids = tokenizer(prompt)["input_ids"]
     ids = torch.tensor([prompt_ids + token_ids])
     with torch.no_grad():

@@ -5,10 +5,11 @@ from selfplay.config import GenerationConfig, SFTConfig, TinyModelConfig
 from selfplay.generation import BACKENDS, HFBackend, SamplingParams, make_backend
 from selfplay.sft import sft_train
 from selfplay.tasks import ArithmeticTask
+from selfplay.tasks.base import Prompt
 from selfplay.tiny_model import build_model, build_tokenizer
 
 TINY = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-PROMPTS = ["Q:1+2=", "Q:66+24=", "Q:5-3=", "Q:99+99="]
+PROMPTS = [Prompt(t) for t in ("Q:1+2=", "Q:66+24=", "Q:5-3=", "Q:99+99=")]
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(TINY, tok)
     prompts = ArithmeticTask(0, 500).train_prompts(0, 2000)
-    examples = [(p.text, f"A:{p.answer}") for p in prompts]
+    examples = [(p, f"A:{p.answer}") for p in prompts]
     sft_train(model, tok, examples, SFTConfig(steps=80, batch_size=32, lr=1e-2), seed=0)
     path = tmp_path_factory.mktemp("tiny")
     model.save_pretrained(path)
@@ -35,7 +36,7 @@ def backend(checkpoint):
 
 def _recompute(backend, prompt, token_ids):
     """Sum log-prob of the response by one unpadded forward pass over prompt + response."""
-    prompt_ids = backend.tokenizer(prompt)["input_ids"]
+    prompt_ids = backend.tokenizer(prompt.text)["input_ids"]
     ids = torch.tensor([prompt_ids + token_ids])
     with torch.no_grad():
         logits = backend.model(ids).logits[0].float()
@@ -89,7 +90,7 @@ def test_greedy_is_argmax_and_independent_of_batching(backend):
     for prompt, (s,) in zip(PROMPTS, batched, strict=True):
         alone = backend.generate([prompt], SamplingParams(temperature=0, max_new_tokens=8))
         assert alone[0][0].token_ids == s.token_ids
-        ids = backend.tokenizer(prompt)["input_ids"]
+        ids = backend.tokenizer(prompt.text)["input_ids"]
         for tok in s.token_ids:
             with torch.no_grad():
                 logits = backend.model(torch.tensor([ids])).logits[0, -1]

@@ -14,8 +14,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from selfplay.config import OpenAIConfig
 from selfplay.generation import HFBackend, SamplingParams
 from selfplay.generation.openai_backend import OpenAIBackend, ServerError
+from selfplay.tasks.base import Prompt
 
-PROMPTS = ["Q:1+2=", "Q:66+24=", "Q:5-3=", "Q:99+99=", "Q:7+0="]
+PROMPTS = [Prompt(t) for t in ("Q:1+2=", "Q:66+24=", "Q:5-3=", "Q:99+99=", "Q:7+0=")]
 # {dtype} is filled in from model.dtype: auto, float32 on this CPU like the hf backend compared.
 SERVER = [
     "{python}", "-m", "vllm.entrypoints.openai.api_server", "--model", "{checkpoint}",
@@ -60,7 +61,7 @@ def test_k_samples_with_raw_logprobs_and_seeds(served, engine_checkpoint, forwar
         for s in samples:
             assert s.text == tok.decode(s.token_ids, skip_special_tokens=True)
             assert s.logprob == pytest.approx(
-                forward_logprob(model, tok, prompt, s.token_ids), abs=1e-3
+                forward_logprob(model, tok, prompt.text, s.token_ids), abs=1e-3
             )
     assert served.generate(PROMPTS, params) == out  # seeded per prompt
     assert len({tuple(s.token_ids) for s in out[0]}) > 1
@@ -155,7 +156,7 @@ def test_retries_on_429_and_5xx_then_succeeds_with_the_key_from_the_env(
     backend = OpenAIBackend(OpenAIConfig(url=flaky, api_key_env="MY_KEY", max_retries=3))
     backend.load(str(engine_checkpoint))
     _Flaky.script = [429, 503, 500]
-    (samples,) = backend.generate(["Q:1+2="], SamplingParams(n=2, seed=3))
+    (samples,) = backend.generate([Prompt("Q:1+2=")], SamplingParams(n=2, seed=3))
     assert len(_Flaky.seen) == 4 and all(s["auth"] == "Bearer sk-test" for s in _Flaky.seen)
     assert _Flaky.seen[-1]["model"] == "flaky-model" and _Flaky.seen[-1]["seed"] == 3
     # No token ids from this server: the checkpoint's tokenizer encodes the text, EOS appended.
@@ -172,10 +173,10 @@ def test_gives_up_after_max_retries_and_never_retries_a_400(flaky, engine_checkp
     backend.load(str(engine_checkpoint))
     _Flaky.script = [503, 503]
     with pytest.raises(ServerError, match="gave up after 1 retries"):
-        backend.generate(["Q:1+2="], SamplingParams())
+        backend.generate([Prompt("Q:1+2=")], SamplingParams())
     _Flaky.seen, _Flaky.script = [], [400]
     with pytest.raises(ServerError, match="HTTP 400"):
-        backend.generate(["Q:1+2="], SamplingParams())
+        backend.generate([Prompt("Q:1+2=")], SamplingParams())
     assert len(_Flaky.seen) == 1
 
 
@@ -187,7 +188,7 @@ def test_a_retry_after_date_is_honoured(flaky, engine_checkpoint):
     _Flaky.script = [429]
     _Flaky.retry_after = email.utils.formatdate(time.time() + 2, usegmt=True)
     start = time.monotonic()
-    (samples,) = backend.generate(["Q:1+2="], SamplingParams())
+    (samples,) = backend.generate([Prompt("Q:1+2=")], SamplingParams())
     assert len(_Flaky.seen) == 2 and samples[0].text == "A:3"
     assert time.monotonic() - start > 1.0
 

@@ -6,10 +6,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from selfplay.config import EngineConfig
 from selfplay.generation import HFBackend, SamplingParams
 from selfplay.generation.vllm import VLLMBackend
+from selfplay.tasks.base import Prompt
 
 pytestmark = pytest.mark.heavy
 
-PROMPTS = ["Q:1+2=", "Q:66+24=", "Q:5-3=", "Q:99+99=", "Q:7+0="]
+PROMPTS = [Prompt(t) for t in ("Q:1+2=", "Q:66+24=", "Q:5-3=", "Q:99+99=", "Q:7+0=")]
 # RAM for the KV cache is a share of the machine's memory on CPU: keep the test engine small.
 ENGINE = EngineConfig(gpu_memory_utilization=0.05, enforce_eager=True)
 
@@ -47,7 +48,7 @@ def test_k_samples_with_token_ids_logprobs_and_finish_reasons(
             assert s.text == tok.decode(s.token_ids, skip_special_tokens=True)
             # Raw (temperature-1) log-probs, as the hf backend and the trainer compute them.
             assert s.logprob == pytest.approx(
-                forward_logprob(model, tok, prompt, s.token_ids), abs=1e-3
+                forward_logprob(model, tok, prompt.text, s.token_ids), abs=1e-3
             )
     assert "stop" in reasons
     short = backend.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=2, seed=3))
@@ -61,7 +62,7 @@ def test_logprobs_are_raw_whatever_the_temperature(backend, engine_checkpoint, f
     for prompt, samples in zip(PROMPTS, backend.generate(PROMPTS, params), strict=True):
         for s in samples:
             assert s.logprob == pytest.approx(
-                forward_logprob(model, tok, prompt, s.token_ids), abs=1e-3
+                forward_logprob(model, tok, prompt.text, s.token_ids), abs=1e-3
             )
 
 
@@ -112,7 +113,7 @@ def test_a_new_round_checkpoint_replaces_the_weights(
     for prompt, samples in zip(PROMPTS, sampled, strict=True):
         for s in samples:
             assert s.logprob == pytest.approx(
-                forward_logprob(model, tok, prompt, s.token_ids), abs=1e-3
+                forward_logprob(model, tok, prompt.text, s.token_ids), abs=1e-3
             )
 
 

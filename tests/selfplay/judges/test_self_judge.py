@@ -50,7 +50,7 @@ class ScriptedBackend:
     def load(self, checkpoint_dir: str) -> None:
         self.loaded = checkpoint_dir
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Sample]]:
         self.calls.append((prompts, params))
         return [[Sample(a, [1] * len(a), 0.0, "stop")] for a in self.answers[: len(prompts)]]
 
@@ -74,8 +74,9 @@ def test_scores_failures_and_a_seed_per_repeat():
     assert failed.trace["judge_output"] == "no idea"  # the raw answer is kept
     prompts, params = backend.calls[0]
     assert backend.loaded == "/ckpt/round-0"
-    assert "Question: Q: 2+2=\nResponse: 4\n" in prompts[0]
-    assert prompts[0].startswith(ADDITIVE_PROMPT.split("\n")[0])
+    assert all(p.messages is None for p in prompts)  # one user turn, rendered by the backend
+    assert "Question: Q: 2+2=\nResponse: 4\n" in prompts[0].text
+    assert prompts[0].text.startswith(ADDITIVE_PROMPT.split("\n")[0])
     assert params.seed == 7 * 1000 + 2 and params.n == 1
 
 
@@ -95,3 +96,20 @@ def test_a_real_untrained_policy_gives_failed_judgments_with_its_text(tmp_path: 
         assert v.trace["checkpoint"] == str(tmp_path)
         assert isinstance(v.trace["judge_output"], str) and v.tokens is not None
     assert any(v.status == "failed" and v.trace["judge_output"] for v in verdicts)
+
+
+def test_a_conversation_is_shown_as_its_turns_and_a_chat_policy_reads_the_ask_as_chat(
+    instruct_model_dir: Path,
+):
+    backend = ScriptedBackend(["Score: 3"])
+    conversation = Prompt.conversation([("system", "Be brief."), ("user", "What is 2 + 3?")])
+    judge = _self_judge()
+    (verdict,) = judge.judge([JudgeItem(conversation, "5")], Policy(backend, "/ckpt"))
+    (asked,), _ = backend.calls[0]
+    assert verdict.score == 3.0
+    assert "### System:\nBe brief.\n\n### User:\nWhat is 2 + 3?\nResponse: 5" in asked.text
+    # The real chat policy renders that ask as a user turn of its template.
+    hf = HFBackend()
+    hf.load(str(instruct_model_dir))
+    assert hf.renderer.text(asked).startswith("<|im_start|>system\n")
+    assert "<|im_start|>user\nReview the user's question" in hf.renderer.text(asked)

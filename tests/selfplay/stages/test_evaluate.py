@@ -12,6 +12,7 @@ from db.models import Checkpoint, Metric, Round
 from selfplay.generation.base import SamplingParams
 from selfplay.judges import BaseJudge, Comparison, JudgeItem, Policy, Verdict
 from selfplay.stages.evaluate import evaluate_round
+from selfplay.tasks.base import Prompt
 
 ASKS_POLICY_JUDGE = '''
 import os
@@ -30,7 +31,7 @@ class AsksPolicy(BaseJudge):
         self.expected = os.environ["EXPECTED_POLICY"]
 
     def judge(self, items, policy):
-        outputs = policy.generate([i.prompt.text for i in items], SamplingParams(max_new_tokens=2))
+        outputs = policy.generate([i.prompt for i in items], SamplingParams(max_new_tokens=2))
         ok = policy.path == self.expected and len(outputs) == len(items)
         return [Verdict("ok", score=1.0 if ok else 0.0) for _ in items]
 '''
@@ -68,7 +69,6 @@ def test_a_fresh_process_evaluates_with_a_judge_that_asks_the_round_policy(
 def test_the_self_judge_without_a_policy_fails_every_item_saying_so():
     from selfplay.config import parse_config
     from selfplay.judges import JudgeEnv, make_judge, safe_judge
-    from selfplay.tasks.base import Prompt
 
     judge = make_judge(parse_config({"judge": {"name": "self"}}).judge, JudgeEnv(task=None))
     assert judge.needs_policy and isinstance(judge, BaseJudge)
@@ -92,8 +92,8 @@ def test_a_policy_loads_its_checkpoint_before_sampling():
             pass
 
     backend = Recording()
-    Policy(backend, "/ckpt/a").generate(["x"], SamplingParams())
-    Policy(backend, "/ckpt/b").generate(["x"], SamplingParams())
+    Policy(backend, "/ckpt/a").generate([Prompt("x")], SamplingParams())
+    Policy(backend, "/ckpt/b").generate([Prompt("x")], SamplingParams())
     assert backend.loaded == ["/ckpt/a", "/ckpt/b"]
 
 

@@ -262,3 +262,29 @@ def test_killed_in_the_revising_stage_the_loop_resumes_to_the_same_revisions(tmp
     resumed = run("crashy")
     assert resumed.returncode == 0, resumed.stderr
     assert _revisions(crashy) == expected
+
+
+def test_a_chat_policy_is_asked_to_revise_as_the_conversation_continued(chat_model_dir: Path):
+    from selfplay.rendering import PromptRenderer
+    from selfplay.stages.revise import revision_request
+    from selfplay.tasks.base import Prompt as TaskPrompt
+
+    cfg = parse_config({"revise": {"critique_turn": "Critique: {critique}"}}).revise
+    prompt = TaskPrompt.conversation([("system", "Be brief."), ("user", "What is 2 + 3?")])
+    asked = revision_request(cfg, prompt, "It is 6.", "wrong sum", chat=True)
+    assert asked.chat() == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2 + 3?"},
+        {"role": "assistant", "content": "It is 6."},
+        {"role": "user", "content": "Critique: wrong sum"},
+    ]
+    text = PromptRenderer.load(str(chat_model_dir)).text(asked)
+    assert text.endswith(
+        "<|im_start|>assistant\nIt is 6.<|im_end|>\n<|im_start|>user\nCritique: wrong sum"
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # A policy without a template reads revise.prompt_template as plain text, as before.
+    plain = revision_request(cfg, TaskPrompt("Q:2+3="), "A:6", "wrong sum", chat=False)
+    assert plain == TaskPrompt(
+        cfg.prompt_template.format(prompt="Q:2+3=", response="A:6", critique="wrong sum")
+    )
