@@ -35,6 +35,7 @@ from selfplay.progress import Reporter, SilentReporter
 from selfplay.stages import Context
 from selfplay.stages.judge import judge_round, store_judge_eval
 from selfplay.stages.pair import pair_round
+from selfplay.tasks.base import Prompt as TaskPrompt
 from selfplay.tasks.jsonl import parse_prompt_line
 
 STORE_CHUNK = 500  # lines per transaction while storing
@@ -52,6 +53,7 @@ class ExternalItem:
     prompt: str
     answer: str | None
     responses: tuple[str, ...]
+    messages: list[dict[str, str]] | None = None  # a conversation prompt's turns
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ class LabelResult:
     pairs: int
 
 
-def _parse_line(text: str) -> tuple[str, str | None, tuple[str, ...]]:
-    """One line → (prompt, answer, responses); raises ValueError with the problem in words."""
+def _parse_line(text: str) -> tuple[TaskPrompt, tuple[str, ...]]:
+    """One line → (prompt, responses); raises ValueError with the problem in words."""
     obj, prompt = parse_prompt_line(text)
     if ("response" in obj) == ("responses" in obj):
         raise ValueError("give exactly one of 'response' (a string) or 'responses' (a list)")
@@ -84,7 +86,7 @@ def _parse_line(text: str) -> tuple[str, str | None, tuple[str, ...]]:
         for i, r in enumerate(responses):
             if not isinstance(r, str):
                 raise ValueError(f"field 'responses'[{i}] must be a string")
-    return prompt.text, prompt.answer, tuple(responses)
+    return prompt, tuple(responses)
 
 
 def read_items(path: Path) -> list[ExternalItem]:
@@ -92,7 +94,8 @@ def read_items(path: Path) -> list[ExternalItem]:
 
     A line is `{"prompt": str, "response": str}` or `{"prompt": str, "responses": [str, ...]}`,
     with an optional `"answer"` (string or integer) for judges that check against it; other
-    keys are ignored. The whole file is checked before anything is stored.
+    keys are ignored. The prompt may be chat messages, or a `messages` transcript, as in a
+    JSONL task file (selfplay.tasks.records). The whole file is checked before anything is stored.
     """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -103,10 +106,11 @@ def read_items(path: Path) -> list[ExternalItem]:
         if not text.strip():
             continue
         try:
-            prompt, answer, responses = _parse_line(text)
+            prompt, responses = _parse_line(text)
         except ValueError as err:
             raise LabelDataError(f"{path}, line {number}: {err}") from None
-        items.append(ExternalItem(number, prompt, answer, responses))
+        item = ExternalItem(number, prompt.text, prompt.answer, responses, prompt.stored_messages())
+        items.append(item)
     if not items:
         raise LabelDataError(f"{path}: no lines to label")
     return items
@@ -137,10 +141,12 @@ def ensure_external_round(sessions: sessionmaker[Session], run_id: int, source: 
 
 def _check_unchanged(session: Session, round_id: int, items: list[ExternalItem]) -> None:
     """Raise LabelDataError when a line already stored now says something else."""
-    stored: dict[int, tuple[str, str | None]] = {
-        index: (text, answer)
-        for index, text, answer in session.execute(
-            select(Prompt.index, Prompt.text, Prompt.answer).where(Prompt.round_id == round_id)
+    stored: dict[int, tuple[str, str | None, list[dict[str, str]] | None]] = {
+        index: (text, answer, messages)
+        for index, text, answer, messages in session.execute(
+            select(Prompt.index, Prompt.text, Prompt.answer, Prompt.messages).where(
+                Prompt.round_id == round_id
+            )
         )
     }
     responses: dict[tuple[int, int], str] = {
@@ -153,7 +159,7 @@ def _check_unchanged(session: Session, round_id: int, items: list[ExternalItem])
     }
     for item in items:
         index = item.line - 1
-        if index in stored and stored[index] != (item.prompt, item.answer):
+        if index in stored and stored[index] != (item.prompt, item.answer, item.messages):
             raise LabelDataError(
                 f"line {item.line}: its prompt or answer differs from the stored one"
             )
@@ -181,7 +187,13 @@ def store_items(sessions: sessionmaker[Session], round_id: int, items: list[Exte
                 s,
                 Prompt,
                 [
-                    dict(round_id=round_id, index=it.line - 1, text=it.prompt, answer=it.answer)
+                    dict(
+                        round_id=round_id,
+                        index=it.line - 1,
+                        text=it.prompt,
+                        answer=it.answer,
+                        messages=it.messages,
+                    )
                     for it in chunk
                 ],
             )

@@ -240,3 +240,27 @@ def test_killed_mid_judging_the_rerun_judges_nothing_twice(tmp_path, db_url):
     judged = [json.loads(line) for line in log.read_text().splitlines()]
     assert sorted(judged) == sorted(["A:4", "A:6", "A:5", "the answer is 6", "A:3", "A:2"])
     assert counts(db_url)["judgments"] == 6
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_conversation_line_is_stored_with_its_turns(tmp_path, db_url):
+    turns = [{"role": "system", "content": "Digits only."}, {"role": "user", "content": "Q:2+2="}]
+    data = write_jsonl(
+        tmp_path / "data.jsonl",
+        [
+            {"prompt": turns, "answer": 4, "responses": ["A:4", "A:5"]},
+            {"messages": [*turns, {"role": "assistant", "content": "A:4"}], "response": "A:4"},
+            {"prompt": "Q:1+1=", "response": "A:2"},
+        ],
+    )
+    config = write_config(tmp_path, db_url)
+    for _ in range(2):  # the second run finds every line unchanged
+        result = runner.invoke(app, ["judge", str(config), str(data)])
+        assert result.exit_code == 0, result.output
+    engine = make_engine(db_url)
+    with session_factory(engine)() as s:
+        stored = s.execute(
+            select(Prompt.index, Prompt.text, Prompt.messages).order_by(Prompt.index)
+        )
+        assert stored.all() == [(0, "Q:2+2=", turns), (1, "Q:2+2=", turns), (2, "Q:1+1=", None)]
+    engine.dispose()
