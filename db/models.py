@@ -116,7 +116,8 @@ class Prompt(Base):
     text: Mapped[str] = mapped_column(Text)
     answer: Mapped[str | None] = mapped_column(Text, doc="Reference answer, when the task has one.")
     messages: Mapped[list[dict[str, str]] | None] = mapped_column(
-        JSON, doc="A conversation prompt's turns ({role, content}); null for a plain string."
+        JSON(none_as_null=True),
+        doc="A conversation prompt's turns ({role, content}); SQL NULL for a plain string.",
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Select, Text, cast, column, select, text
+from sqlalchemy import Select, column, select, text
 from sqlalchemy.orm import Session
 
 from db.models import Checkpoint, Judgment, Pair, Prompt, Response, Round, Run
@@ -166,9 +166,8 @@ def _page(session: Session, f: PairFilter, after: int, limit: int) -> list[PairR
 
 def has_conversations(session: Session, f: PairFilter) -> bool:
     """Whether a pair matching `f` has a conversation prompt (`prompts.messages` set)."""
-    # A plain prompt's messages are SQL NULL or, as the loop's inserts write None, JSON null.
     stmt = _filtered(session, select(Pair.id), f).join(Prompt, Prompt.id == Pair.prompt_id)
-    stmt = stmt.where(Prompt.messages.is_not(None), cast(Prompt.messages, Text) != "null")
+    stmt = stmt.where(Prompt.messages.is_not(None))
     return session.scalar(stmt.limit(1)) is not None
 
 

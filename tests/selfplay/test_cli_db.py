@@ -276,16 +276,17 @@ def test_export_of_a_conversational_run_is_trls_conversational_format(conversati
     )
 
 
-def test_a_plain_prompt_stored_as_json_null_exports_as_text(seeded_url, tmp_path):
+def test_a_plain_prompt_is_stored_as_sql_null_and_exports_as_text(seeded_url, tmp_path):
     from sqlalchemy import update
 
     from db.models import Prompt
 
     engine = make_engine(seeded_url)
-    with engine.begin() as conn:  # what the loop's insert writes for a plain prompt: JSON null
+    with engine.begin() as conn:  # what the loop's insert writes for a plain prompt
         conn.execute(update(Prompt).values(messages=None))
         assert (
-            conn.execute(text("SELECT count(*) FROM prompts WHERE messages IS NULL")).scalar() == 0
+            conn.execute(text("SELECT count(*) FROM prompts WHERE messages IS NOT NULL")).scalar()
+            == 0
         )
     engine.dispose()
     out = tmp_path / "pairs.jsonl"
