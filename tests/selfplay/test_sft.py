@@ -132,6 +132,7 @@ def test_prepare_policy_early_stops_at_the_target_accuracy(tmp_path, monkeypatch
 
 
 def test_prepare_policy_returns_a_configured_path_untouched(tmp_path):
+    (tmp_path / "my-model").mkdir()  # model.path must exist (selfplay.model_source)
     cfg = ModelConfig(path=str(tmp_path / "my-model"), cache_dir=tmp_path / "cache")
     assert prepare_policy(cfg, ArithmeticTask(0, 500), seed=0) == tmp_path / "my-model"
     assert not (tmp_path / "cache").exists()
