@@ -79,6 +79,8 @@ class VLLMBackend:
         stops = checkpoint_stop_ids(tokenizer, path)
         if is_adapter(path):
             self._serve_adapter(path)
+        elif self.llm is not None and path == self._lora_base:
+            self.lora = None  # the base itself, on the engine serving its adapters
         else:
             self.close()
             self.llm = self._build(path)

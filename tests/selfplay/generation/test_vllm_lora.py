@@ -58,6 +58,9 @@ def test_adapters_are_served_on_one_engine_over_their_base(engine_checkpoint, tm
         backend.load(str(tmp_path / "round-1"))
         assert backend.llm is engine  # a new adapter, not a new engine
         second = [s[0].token_ids for s in backend.generate(PROMPTS, GREEDY)]
+        backend.load(str(engine_checkpoint))  # the base (e.g. evaluated against): no rebuild
+        assert backend.llm is engine
+        plain = [s[0].token_ids for s in backend.generate(PROMPTS, GREEDY)]
     finally:
         backend.close()
 
@@ -66,5 +69,6 @@ def test_adapters_are_served_on_one_engine_over_their_base(engine_checkpoint, tm
 
     assert cut(first) == cut(hf_greedy(tmp_path / "round-0"))
     assert cut(second) == cut(hf_greedy(tmp_path / "round-1"))
+    assert cut(plain) == cut(hf_greedy(engine_checkpoint))
     # the adapters change the policy, each its own way
-    assert len({str(cut(first)), str(cut(second)), str(cut(hf_greedy(engine_checkpoint)))}) == 3
+    assert len({str(cut(first)), str(cut(second)), str(cut(plain))}) == 3
