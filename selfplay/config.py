@@ -567,6 +567,12 @@ class SelfplayConfig(StrictConfig):
         )
         if errors:
             raise ValueError("; ".join(errors))
+        lora, backend = self.training.lora, self.generation.backend
+        if lora is not None and not lora.merge and backend not in ("hf", "vllm"):
+            raise ValueError(
+                f"training.lora.merge must be true with generation.backend {backend} (a LoRA "
+                "round saves adapters, which the hf and vllm backends serve)"
+            )
         if self.executor.broker_url and not self.run.output_dir.is_absolute():
             raise ValueError(
                 "run.output_dir must be an absolute path (a directory every worker mounts) "

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selfplay.adapters import adapter_base, adapter_rank, is_adapter
-from selfplay.config import TinyModelConfig
+from selfplay.config import ConfigError, TinyModelConfig, parse_config
 from selfplay.generation import HFBackend, SamplingParams
 from selfplay.tasks.base import Prompt
 from selfplay.tiny_model import build_model, build_tokenizer
@@ -116,3 +116,12 @@ def test_two_ranks_save_the_adapters_one_device_saves(base, tmp_path: Path):
     assert is_adapter(tmp_path / "ranks") and adapter_base(tmp_path / "ranks") == str(base)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ranks")
     torch.testing.assert_close(logits(loaded), logits(one), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["sglang", "openai"])
+def test_backends_that_serve_no_adapters_need_merged_lora_rounds(backend):
+    lora = {"generation": {"backend": backend}, "training": {"lora": LORA}}
+    with pytest.raises(ConfigError, match=f"training.lora.merge must be true with .* {backend}"):
+        parse_config(lora)
+    lora["training"]["lora"] = {**LORA, "merge": True}
+    assert parse_config(lora).training.lora.merge
