@@ -7,7 +7,7 @@ from db import queries
 from db.engine import transaction
 from db.models import Checkpoint, Metric, ResponseLogprob
 from selfplay.algorithms import LOSSES
-from selfplay.checkpoints import resolve_checkpoint, round_checkpoint_dir, save_checkpoint
+from selfplay.checkpoints import resolve_checkpoint, round_checkpoint_dir
 from selfplay.config import SelfplayConfig
 from selfplay.devices import default_device
 from selfplay.faults import commit_point
@@ -83,11 +83,12 @@ def train_round(ctx: Context, round_id: int) -> None:
     """
     from transformers import AutoTokenizer
 
+    from selfplay.training.distributed import Job, round_job_dir, train_distributed
     from selfplay.training.trainer import (
         PairExample,
         load_trainable,
-        merged_for_saving,
         planned_steps,
+        save_trained,
         train_on_pairs,
     )
 
@@ -106,7 +107,6 @@ def train_round(ctx: Context, round_id: int) -> None:
     k = ctx.cfg.generation.samples_per_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(policy.path)
-    model = load_trainable(policy.path, ctx.cfg.training, default_device())
     renderer = PromptRenderer(tokenizer, ctx.cfg.model.chat_template, policy.path)
     prompt_ids = renderer.ids_batch([pair_prompt(p) for p in pairs])
     examples = [
@@ -135,6 +135,9 @@ def train_round(ctx: Context, round_id: int) -> None:
         commit_point("training")
 
     cfg = ctx.cfg.training
+    seed = derive_seed(ctx.cfg.run.seed, round_index)
+    target = round_checkpoint_dir(ctx.cfg.run.output_dir, round_index)
+    dtype = save_dtype(ctx.cfg.model.dtype, policy.path)
     steps = planned_steps(len(examples), cfg)
     with ctx.reporter.bar(f"training ({len(examples)} pairs)", steps) as advance:
 
@@ -144,20 +147,26 @@ def train_round(ctx: Context, round_id: int) -> None:
             if step % METRIC_FLUSH_STEPS == 0:
                 flush()
 
-        train_on_pairs(
-            model,
-            examples,
-            cfg,
-            pad_id=padding_id(tokenizer),
-            seed=derive_seed(ctx.cfg.run.seed, round_index),
-            on_step=on_step,
-        )
+        if cfg.distributed.strategy == "single":
+            model = load_trainable(policy.path, cfg, default_device())
+            train_on_pairs(
+                model, examples, cfg, pad_id=padding_id(tokenizer), seed=seed, on_step=on_step
+            )
+            save_trained(model, cfg, tokenizer, target, dtype)
+        else:  # the ranks save the checkpoint
+            job = Job(
+                policy.path,
+                examples,
+                cfg,
+                padding_id(tokenizer),
+                seed,
+                str(target),
+                save_dtype=str(dtype).removeprefix("torch."),
+            )
+            train_distributed(job, round_job_dir(ctx.cfg.run.output_dir, round_index), on_step)
     if buffer:
         flush()
 
-    target = round_checkpoint_dir(ctx.cfg.run.output_dir, round_index)
-    dtype = save_dtype(ctx.cfg.model.dtype, policy.path)
-    save_checkpoint(merged_for_saving(model), tokenizer, target, dtype=dtype)
     with transaction(ctx.sessions) as s:
         queries.insert_ignore(
             s, Checkpoint, [dict(run_id=ctx.run_id, round_index=round_index, path=str(target))]
