@@ -250,7 +250,10 @@ def _rank_main(job_dir: Path) -> None:
         dist.init_process_group("gloo")
     try:
         job = _read_job(job_dir / JOB_FILE)
-        model = wrap(load_trainable(job.policy_path, job.cfg, str(device)), job.cfg, device)
+        # fsdp: loaded into CPU memory; fully_shard moves each layer to the device as it shards
+        # it, so no GPU ever holds the whole float32 model.
+        load_on = "cpu" if job.cfg.distributed.strategy == "fsdp" else str(device)
+        model = wrap(load_trainable(job.policy_path, job.cfg, load_on), job.cfg, device)
         metrics = open(job_dir / METRICS_FILE, "a") if rank == 0 else None
 
         def on_step(step: int, values: dict[str, float]) -> None:
