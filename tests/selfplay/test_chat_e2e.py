@@ -1,0 +1,169 @@
+"""The loop on a chat model, through the CLI: conversation prompts from JSONL and from a saved
+Hugging Face dataset, the policy's ChatML template, a reward model on the same tokenizer, two
+rounds of DPO and of DNO."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import yaml
+from sqlalchemy import select
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+from db import queries
+from db.engine import make_engine, session_factory
+from db.models import Checkpoint, Pair, Prompt, Response, Round
+
+pytestmark = pytest.mark.heavy
+
+SYSTEM = {"role": "system", "content": "Answer in one short sentence."}
+QUESTIONS = [
+    "Give me three tips about mountain hiking.",
+    "What is the best way to begin with baking bread?",
+    "Explain the ocean to a child in two sentences.",
+    "What is 3 + 4?",
+    "What is 5 + 2?",
+    "Give me three tips about saving money.",
+]
+
+# How tests/chat_models.chat_examples' answers start.
+OPENINGS = ("Here are", "The best way", "Sure!", "The answer is")
+
+
+def _write_prompts(path: Path) -> list[list[dict[str, str]]]:
+    """The prompt file in each accepted shape; returns the conversations, in file order."""
+    conversations = []
+    lines = []
+    for i, question in enumerate(QUESTIONS):
+        user = {"role": "user", "content": question}
+        if i % 3 == 0:  # TRL's conversational format
+            conversation = [SYSTEM, user]
+            lines.append({"prompt": conversation})
+        elif i % 3 == 1:  # a `messages` list, multi-turn
+            conversation = [
+                user,
+                {"role": "assistant", "content": "Sure! Start small."},
+                {"role": "user", "content": "And then?"},
+            ]
+            lines.append({"messages": conversation})
+        else:  # a plain string: one user turn
+            conversation = [user]
+            lines.append({"prompt": question})
+        conversations.append(conversation)
+    lines.append({"prompt": "What is 1 + 6?", "answer": "The answer is 7.", "split": "heldout"})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return conversations
+
+
+def _save_dataset(path: Path) -> list[list[dict[str, str]]]:
+    """The same questions as a `save_to_disk` dataset whose `prompt` column holds messages."""
+    conversations = [[SYSTEM, {"role": "user", "content": q}] for q in QUESTIONS]
+    datasets.Dataset.from_list([{"prompt": c} for c in conversations]).save_to_disk(path)
+    return conversations
+
+
+def _run(tmp_path: Path, name: str, model: Path, rm: Path, task: dict, extra: dict) -> Path:
+    out = tmp_path / name
+    config = {
+        "run": {"name": name, "seed": 0, "rounds": 2, "output_dir": str(out)},
+        "task": {**task, "prompts_per_round": 6},
+        "model": {"path": str(model)},
+        "generation": {
+            "backend": "hf",
+            "samples_per_prompt": 4,
+            "max_new_tokens": 32,
+            "prompts_per_batch": 6,
+        },
+        "judge": {
+            "name": "reward_model",
+            "meta_eval_prompts": 0,
+            "reward_model": {"path": str(rm), "batch_size": 8},
+        },
+        "training": {"batch_size": 2, "max_steps": 3, "lr": 1.0e-4},
+        **extra,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [sys.executable, "-m", "selfplay", "run", str(path)],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return out
+
+
+def _check_store(out: Path, name: str, model: Path, conversations: list) -> None:
+    tok = AutoTokenizer.from_pretrained(model)
+    stops = set(GenerationConfig.from_pretrained(model).eos_token_id)
+    engine = make_engine(f"sqlite:///{out / 'selfplay.db'}")
+    with session_factory(engine)() as s:
+        run_id = queries.get_run(s, name).id
+        rounds = s.scalars(select(Round).where(Round.run_id == run_id).order_by(Round.index))
+        rounds = list(rounds)
+        assert [(r.index, r.status) for r in rounds] == [(0, "done"), (1, "done")]
+        for rnd in rounds:
+            prompts = s.scalars(select(Prompt).where(Prompt.round_id == rnd.id)).all()
+            # A round of 6 draws each of the 6 train prompts once: every conversation is stored
+            # with its turns (a plain string prompt as its text, no messages).
+            stored = [p.messages or [{"role": "user", "content": p.text}] for p in prompts]
+            assert sorted(map(json.dumps, stored)) == sorted(map(json.dumps, conversations))
+            responses = s.scalars(select(Response).where(Response.round_id == rnd.id)).all()
+            assert len(responses) == 6 * 4
+            for r in responses:
+                if r.finish_reason == "stop":
+                    assert r.token_ids[-1] in stops
+                    assert tok.convert_ids_to_tokens(r.token_ids[-1]) == "<|im_end|>"
+                else:
+                    assert r.finish_reason == "length" and len(r.token_ids) == 32
+            # The instruct model ends most of its turns itself, and answers in the words it was
+            # taught for templated prompts: it sampled in its chat context, not from raw text.
+            assert sum(r.finish_reason == "stop" for r in responses) >= len(responses) // 2
+            assert sum(r.text.startswith(OPENINGS) for r in responses) >= len(responses) // 2
+            pairs = s.scalars(select(Pair).where(Pair.round_id == rnd.id)).all()
+            assert pairs, f"round {rnd.index} built no pairs"
+            by_id = {r.id: r for r in responses}
+            # pairing.truncated: drop (the default): a response cut at max_new_tokens is never
+            # paired.
+            for pair in pairs:
+                assert by_id[pair.chosen_id].finish_reason == "stop"
+                assert by_id[pair.rejected_id].finish_reason == "stop"
+        checkpoints = s.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id)).all()
+        saved = {c.round_index: Path(c.path) for c in checkpoints}
+    engine.dispose()
+    assert {0, 1} <= set(saved)
+    for index in (0, 1):
+        assert (saved[index] / "model.safetensors").exists()
+        assert AutoConfig.from_pretrained(saved[index]).model_type == "qwen2"
+        # The round's checkpoint keeps the policy's tokenizer, chat template included.
+        assert AutoTokenizer.from_pretrained(saved[index]).chat_template == tok.chat_template
+
+
+def test_two_rounds_of_dpo_on_a_chat_model(
+    tmp_path: Path, instruct_model_dir: Path, reward_model_dir: Path
+):
+    conversations = _write_prompts(tmp_path / "prompts.jsonl")
+    task = {"name": "jsonl", "path": str(tmp_path / "prompts.jsonl")}
+    extra = {"algorithm": "iterative_dpo"}
+    out = _run(tmp_path, "chat-dpo", instruct_model_dir, reward_model_dir, task, extra)
+    _check_store(out, "chat-dpo", instruct_model_dir, conversations)
+
+
+def test_two_rounds_of_dno_on_a_saved_dataset(
+    tmp_path: Path, instruct_model_dir: Path, reward_model_dir: Path
+):
+    conversations = _save_dataset(tmp_path / "prompts")
+    task = {"name": "dataset", "dataset": {"path": str(tmp_path / "prompts")}}
+    # Raw reward-model logits of a random-init head differ by hundredths: a Bradley–Terry
+    # temperature on their scale turns them into win rates that clear DNO's margin.
+    extra = {"algorithm": "dno", "pairing": {"bt_temperature": 0.01}}
+    out = _run(tmp_path, "chat-dno", instruct_model_dir, reward_model_dir, task, extra)
+    _check_store(out, "chat-dno", instruct_model_dir, conversations)
