@@ -138,7 +138,9 @@ _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 def _die_with_parent() -> None:
     """In the launcher, before exec: SIGTERM it when the stage's process dies (even SIGKILLed),
-    and torchrun stops its ranks, so no orphan keeps training or writing the checkpoint."""
+    and torchrun stops its ranks, so no orphan keeps training or writing the checkpoint. (The
+    signal follows the thread that started it: the stage's main thread, in the driver and in a
+    solo or prefork Celery worker.)"""
     if _libc is not None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
