@@ -1,6 +1,7 @@
 """The loop on a chat model, through the CLI: conversation prompts from JSONL and from a saved
 Hugging Face dataset, the policy's ChatML template, a reward model on the same tokenizer, two
-rounds of DPO and of DNO."""
+rounds of DPO and of DNO; and a round of each shipped chat config (configs/chat-*.yaml) with
+its hub ids swapped for the tiny local models."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
 import yaml
 from sqlalchemy import select
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
@@ -19,6 +21,7 @@ from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 from db import queries
 from db.engine import make_engine, session_factory
 from db.models import Checkpoint, Pair, Prompt, Response, Round
+from tests.fake_openai_server import serve
 
 pytestmark = pytest.mark.heavy
 
@@ -167,3 +170,67 @@ def test_two_rounds_of_dno_on_a_saved_dataset(
     extra = {"algorithm": "dno", "pairing": {"bt_temperature": 0.01}}
     out = _run(tmp_path, "chat-dno", instruct_model_dir, reward_model_dir, task, extra)
     _check_store(out, "chat-dno", instruct_model_dir, conversations)
+
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+def _local(config: dict, out: Path, model: Path, rm: Path, prompts: Path, judge_url: str) -> dict:
+    """A shipped chat config with its hub ids swapped for the tiny local models and dataset,
+    the hf backend for vLLM, and one small round; every other field as shipped."""
+    config["run"].update(rounds=1, output_dir=str(out))
+    config["task"]["prompts_per_round"] = 6
+    config["task"]["dataset"]["path"] = str(prompts)
+    config["model"]["path"] = str(model)
+    config["generation"].update(backend="hf", max_new_tokens=32, prompts_per_batch=6)
+    judge = config["judge"]
+    if "reward_model" in judge:
+        judge["reward_model"]["path"] = str(rm)
+    if "api" in judge:
+        judge["api"].update(base_url=judge_url, model="fake-judge")
+    if "self_judge" in judge:
+        judge["self_judge"]["max_new_tokens"] = 32
+    config["training"].update(batch_size=2, grad_accum_steps=1, max_steps=2)
+    return config
+
+
+@pytest.mark.parametrize("name", ["chat-dpo-rm", "chat-dno-api", "chat-self-rewarding"])
+def test_a_shipped_chat_config_runs_a_round_on_the_tiny_chat_models(
+    name: str, tmp_path: Path, instruct_model_dir: Path, reward_model_dir: Path, monkeypatch
+):
+    shipped = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    split = shipped["task"]["dataset"]["split"]
+    rows = [{"prompt": q} for q in QUESTIONS]  # UltraFeedback's prompt column: strings
+    datasets.DatasetDict({split: datasets.Dataset.from_list(rows)}).save_to_disk(tmp_path / "uf")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-local")
+    with serve("--pairwise", "prob") as url:
+        config = _local(
+            shipped, tmp_path / name, instruct_model_dir, reward_model_dir, tmp_path / "uf", url
+        )
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        proc = subprocess.run(
+            [sys.executable, "-m", "selfplay", "run", str(path)],
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    engine = make_engine(f"sqlite:///{tmp_path / name / 'selfplay.db'}")
+    with session_factory(engine)() as s:
+        run_id = queries.get_run(s, name).id
+        (rnd,) = s.scalars(select(Round).where(Round.run_id == run_id))
+        pairs = s.scalars(select(Pair).where(Pair.round_id == rnd.id)).all()
+        responses = s.scalars(select(Response).where(Response.round_id == rnd.id)).all()
+    engine.dispose()
+    assert rnd.status == "done"
+    assert len(responses) == 6 * shipped["generation"]["samples_per_prompt"]
+    if name == "chat-self-rewarding":
+        # A 100-step toy never writes "Score: N": every judgment fails, and the round says so.
+        assert not pairs and rnd.no_pairs_reason == "0 pairs: no response has a successful judgment"
+    else:
+        assert pairs and rnd.no_pairs_reason is None
+    # The policy's dtype is the config's: its round checkpoint is saved in bf16.
+    saved = AutoConfig.from_pretrained(tmp_path / name / "checkpoints" / "round-0000")
+    assert saved.dtype == torch.bfloat16
