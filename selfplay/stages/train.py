@@ -40,28 +40,34 @@ def pair_prompt(pair: queries.TrainingPair) -> Prompt:
 def ensure_logprobs(
     ctx: Context, round_id: int, source: str, pairs: list[queries.TrainingPair]
 ) -> dict[int, float]:
-    """Score every paired response under a source's checkpoint once, store, and return them."""
+    """Score every paired response under a source's checkpoint once, store, and return them.
+
+    Scored here on one device (`training.distributed.strategy: single`), or on the training's
+    ranks (ddp, fsdp: each rank a whole copy of the checkpoint, scoring its share of every
+    chunk); either way each chunk is stored as it comes, so only what is missing is scored.
+    """
+    from selfplay.training.distributed import ScoreJob, score_distributed, score_job_dir
+
     with ctx.sessions() as s:
-        ckpt = resolve_checkpoint(s, ctx.run_id, get_round(s, round_id), source)
+        rnd = get_round(s, round_id)
+        ckpt = resolve_checkpoint(s, ctx.run_id, rnd, source)
+        round_index = rnd.index
         wanted = {p.chosen_id: p for p in pairs} | {p.rejected_id: p for p in pairs}
         have = queries.logprobs_for(s, ckpt.id, wanted)
     missing = sorted(set(wanted) - set(have))
     if not missing:
         return have
-    scorer = Scorer(ckpt.path, ctx.cfg.model.dtype, ctx.cfg.model.chat_template)
+    responses = [
+        wanted[rid].chosen_token_ids
+        if rid == wanted[rid].chosen_id
+        else wanted[rid].rejected_token_ids
+        for rid in missing
+    ]
     label = "reference log-probs" if source == "sft" else "π_t log-probs"
     with ctx.reporter.bar(label, len(missing)) as advance:
-        for i in range(0, len(missing), LOGPROB_CHUNK):
-            ids = missing[i : i + LOGPROB_CHUNK]
-            values = scorer.score(
-                [pair_prompt(wanted[rid]) for rid in ids],
-                [
-                    wanted[rid].chosen_token_ids
-                    if rid == wanted[rid].chosen_id
-                    else wanted[rid].rejected_token_ids
-                    for rid in ids
-                ],
-            )
+
+        def store(start: int, values: list[float]) -> None:
+            ids = missing[start : start + len(values)]
             rows = [
                 dict(response_id=rid, checkpoint_id=ckpt.id, logprob=v)
                 for rid, v in zip(ids, values, strict=True)
@@ -71,7 +77,27 @@ def ensure_logprobs(
             commit_point("training")
             have.update(zip(ids, values, strict=True))
             advance(len(ids))
-    del scorer  # only the policy stays in memory while training
+
+        distributed = ctx.cfg.training.distributed
+        if distributed.strategy == "single":
+            scorer = Scorer(ckpt.path, ctx.cfg.model.dtype, ctx.cfg.model.chat_template)
+            prompts = [pair_prompt(wanted[rid]) for rid in missing]
+            for i in range(0, len(missing), LOGPROB_CHUNK):
+                chunk = slice(i, i + LOGPROB_CHUNK)
+                store(i, scorer.score(prompts[chunk], responses[chunk]))
+            del scorer  # only the policy stays in memory while training
+        else:
+            job = ScoreJob(
+                ckpt.path,
+                ctx.cfg.model.dtype,
+                ctx.cfg.model.chat_template,
+                [(wanted[rid].prompt, wanted[rid].prompt_messages) for rid in missing],
+                responses,
+                distributed.nproc,
+                LOGPROB_CHUNK,
+            )
+            job_dir = score_job_dir(ctx.cfg.run.output_dir, round_index, ckpt.id)
+            score_distributed(job, job_dir, store)
     return have
 
 
