@@ -168,13 +168,18 @@ def test_generation_worker_sigkilled_mid_task_is_replaced_and_the_round_complete
     assert counts["responses"] == prompts * SMALL["generation"]["samples_per_prompt"]
     assert counts["judgments"] == counts["responses"]
     assert rounds[0][1] == "done"
-    # The killed block was delivered again to the restarted worker and wrote nothing (its rows
-    # had landed before the kill); the restarted worker generated the remaining blocks.
+    # The killed block's rows had landed before the kill, but its task never finished: its
+    # timing row was written by the restarted worker, which got the block again (and wrote no
+    # response twice, checked above) along with the blocks still to generate.
+    engine = make_engine(pg_schema_url)
+    with session_factory(engine)() as s:
+        timed = s.scalars(select(Metric.step).where(Metric.stage == "task_generate")).all()
+    engine.dispose()
+    blocks = SMALL["task"]["prompts_per_round"] // SMALL["generation"]["prompts_per_batch"]
+    assert sorted(timed) == list(range(blocks))
     restarted = (tmp_path / "worker-generate-2.log").read_text()
-    block = SMALL["generation"]["prompts_per_batch"] * SMALL["generation"]["samples_per_prompt"]
-    for added in (0, block):
-        pattern = rf"selfplay\.generate\[\S+\] succeeded in \S+: {added}$"
-        assert re.search(pattern, restarted, re.M), restarted
+    done = re.findall(r"selfplay\.generate\[\S+\] succeeded", restarted)
+    assert len(done) >= 2, restarted
 
 
 def test_redis_restart_mid_round_driver_and_workers_reconnect(
