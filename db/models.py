@@ -64,6 +64,10 @@ class Run(Base):
 # The path of the checkpoint row (round index -1) of a run made by `selfplay judge`: its
 # responses came from a file, not from a model.
 EXTERNAL_CHECKPOINT_PREFIX = "external:"
+# The path of the checkpoint row (round index REFERENCE_ROUND_INDEX) that stands for the
+# responses of an `evaluation.reference` file: the win-rate baseline, not a model.
+REFERENCE_CHECKPOINT_PREFIX = "reference:"
+REFERENCE_ROUND_INDEX = -2
 
 
 class Checkpoint(Base):
@@ -73,10 +77,16 @@ class Checkpoint(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     round_index: Mapped[int] = mapped_column(
-        doc="-1: the initial (SFT) policy, or `external:<file>` responses; t: after round t."
+        doc="-1: the initial (SFT) policy, or `external:<file>` responses; -2: the "
+        "`reference:<file>` responses of evaluation.reference; t: after round t."
     )
     path: Mapped[str] = mapped_column(Text)
     heldout_accuracy: Mapped[float | None] = mapped_column(Float)
+    heldout_score: Mapped[float | None] = mapped_column(
+        Float,
+        doc="The checkpoint's value of the run's evaluation.metric (accuracy, win rate, its "
+        "length-controlled form or judge score): what the best checkpoint and the guards use.",
+    )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -276,4 +286,84 @@ class JudgeCacheEntry(Base):
     prompt_tokens: Mapped[int] = mapped_column(default=0)
     completion_tokens: Mapped[int] = mapped_column(default=0)
     cost: Mapped[float] = mapped_column(Float, default=0.0, doc="What the original call cost.")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class EvalResponse(Base):
+    """One response to a held-out prompt, sampled from a checkpoint for evaluation (win rate,
+    judge score), or read from the evaluation.reference file (its checkpoint row stands for
+    the file). `heldout_index` is the prompt's position in the task's held-out set."""
+
+    __tablename__ = "eval_responses"
+    __table_args__ = (
+        UniqueConstraint("checkpoint_id", "heldout_index", name="uq_eval_responses_ckpt_prompt"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    checkpoint_id: Mapped[int] = mapped_column(
+        ForeignKey("checkpoints.id", ondelete="CASCADE"), index=True
+    )
+    heldout_index: Mapped[int]
+    prompt: Mapped[str] = mapped_column(Text, doc="The held-out prompt's text (last user turn).")
+    text: Mapped[str] = mapped_column(Text)
+    num_tokens: Mapped[int | None] = mapped_column(doc="Null for a reference file's response.")
+    finish_reason: Mapped[str | None] = mapped_column(String(20))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class EvalScore(Base):
+    """A judge's pointwise verdict on an evaluation response (judge score; the win rate of a
+    judge without `compare`)."""
+
+    __tablename__ = "eval_scores"
+    __table_args__ = (
+        UniqueConstraint("response_id", "judge", "repeat", name="uq_eval_scores_response_judge"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    response_id: Mapped[int] = mapped_column(
+        ForeignKey("eval_responses.id", ondelete="CASCADE"), index=True
+    )
+    judge: Mapped[str] = mapped_column(String(100))
+    repeat: Mapped[int] = mapped_column(default=0)
+    status: Mapped[str] = mapped_column(String(20), doc="ok | failed")
+    score: Mapped[float | None] = mapped_column(Float)
+    critique: Mapped[str | None] = mapped_column(Text)
+    trace: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    latency_s: Mapped[float | None] = mapped_column(Float)
+    tokens: Mapped[int | None]
+    cost: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class EvalComparison(Base):
+    """A pairwise judge's comparison of an evaluation response with the baseline's response to
+    the same held-out prompt, in both orders: `outcome` = P(response ≻ baseline)."""
+
+    __tablename__ = "eval_comparisons"
+    __table_args__ = (
+        UniqueConstraint(
+            "response_id", "baseline_id", "judge", "repeat", name="uq_eval_comparisons"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    response_id: Mapped[int] = mapped_column(
+        ForeignKey("eval_responses.id", ondelete="CASCADE"), index=True
+    )
+    baseline_id: Mapped[int] = mapped_column(
+        ForeignKey("eval_responses.id", ondelete="CASCADE"), index=True
+    )
+    judge: Mapped[str] = mapped_column(String(100))
+    repeat: Mapped[int] = mapped_column(default=0)
+    status: Mapped[str] = mapped_column(String(20), doc="ok | failed")
+    outcome: Mapped[float | None] = mapped_column(Float)
+    critique: Mapped[str | None] = mapped_column(Text)
+    trace: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    latency_s: Mapped[float | None] = mapped_column(Float)
+    tokens: Mapped[int | None]
+    cost: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)

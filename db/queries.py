@@ -87,14 +87,15 @@ def get_checkpoint(session: Session, run_id: int, round_index: int) -> Checkpoin
 
 
 def best_checkpoint(session: Session, run_id: int, before: int | None = None) -> Checkpoint | None:
-    """The run's checkpoint with the highest held-out accuracy (the earliest among equals),
-    optionally only among rounds before `before`; None when none has been evaluated."""
+    """The run's checkpoint with the highest value of its evaluation metric (`heldout_score`;
+    the earliest among equals), optionally only among rounds before `before`; None when none
+    has been evaluated."""
     stmt = select(Checkpoint).where(
-        Checkpoint.run_id == run_id, Checkpoint.heldout_accuracy.is_not(None)
+        Checkpoint.run_id == run_id, Checkpoint.heldout_score.is_not(None)
     )
     if before is not None:
         stmt = stmt.where(Checkpoint.round_index < before)
-    stmt = stmt.order_by(Checkpoint.heldout_accuracy.desc(), Checkpoint.round_index).limit(1)
+    stmt = stmt.order_by(Checkpoint.heldout_score.desc(), Checkpoint.round_index).limit(1)
     return session.scalar(stmt)
 
 

@@ -67,6 +67,16 @@ class RoundSummary:
     judge_failed_rate: float | None = None
     """Judge meta-evaluation: the configured judge's failed judgments / all its judgments."""
     heldout_accuracy: float | None = None
+    win_rate: float | None = None
+    """Open-ended evaluation (metrics of stage `eval`): the round's checkpoint's win rate
+    against the baseline on the held-out prompts (ties half), its standard error and its
+    length-controlled form (AlpacaEval 2); None when the run is not evaluated by win rate."""
+    win_rate_se: float | None = None
+    win_rate_lc: float | None = None
+    judge_score: float | None = None
+    """Open-ended evaluation: the judge's mean score of the checkpoint's held-out responses,
+    and its standard error."""
+    judge_score_se: float | None = None
     wall_time_s: float = 0.0
     summarized: bool = False
     """True when read from the round's stored summary, False when computed from its rows now."""
@@ -94,6 +104,8 @@ _JUDGE_EVAL = {
     "position_bias_rate": "position_bias_rate",
     "judge_failed_rate": "failed_rate",
 }
+# RoundSummary fields that are metrics of stage `eval` under their own names.
+EVAL_FIELDS = ("win_rate", "win_rate_se", "win_rate_lc", "judge_score", "judge_score_se")
 
 
 def stage_metrics(
@@ -125,10 +137,16 @@ def round_summaries(session: Session, run_id: int, index: int | None = None) -> 
     if index is not None:
         stmt = stmt.where(Round.index == index)
     evals = stage_metrics(session, run_id, "judge_eval", index)
+    figures = stage_metrics(session, run_id, "eval", index)
     return [
-        _summary(session, rnd, rec, evals.get(rnd.index, {}))
+        _summary(session, rnd, rec, evals.get(rnd.index, {}) | _eval_keys(figures, rnd.index))
         for rnd, rec in session.execute(stmt).all()
     ]
+
+
+def _eval_keys(figures: dict[int, dict[str, float]], index: int) -> dict[str, float]:
+    """A round's `eval` metrics keyed apart from its `judge_eval` ones."""
+    return {f"eval:{name}": value for name, value in figures.get(index, {}).items()}
 
 
 def round_summary(session: Session, run_id: int, index: int) -> RoundSummary:
@@ -142,7 +160,8 @@ def round_summary(session: Session, run_id: int, index: int) -> RoundSummary:
 def compute_round_summary(session: Session, rnd: Round) -> RoundSummary:
     """A round's figures from its rows, never from a stored summary."""
     evals = stage_metrics(session, rnd.run_id, "judge_eval", rnd.index)
-    return _from_rows(session, rnd, evals.get(rnd.index, {}))
+    figures = stage_metrics(session, rnd.run_id, "eval", rnd.index)
+    return _from_rows(session, rnd, evals.get(rnd.index, {}) | _eval_keys(figures, rnd.index))
 
 
 def write_round_summary(session: Session, rnd: Round) -> None:
@@ -217,7 +236,7 @@ def _summary(
 
 def _head(rnd: Round, evals: dict[str, float]) -> dict[str, Any]:
     """The RoundSummary fields that no stored summary holds: the round's row and `evals`, its
-    judge meta-evaluation."""
+    judge meta-evaluation and (keys `eval:<name>`) its checkpoint's evaluation figures."""
     return {
         "run": rnd.run.name,
         "index": rnd.index,
@@ -227,6 +246,7 @@ def _head(rnd: Round, evals: dict[str, float]) -> dict[str, Any]:
         "heldout_accuracy": rnd.heldout_accuracy,
         "wall_time_s": rnd.wall_time_s,
         **{name: evals.get(metric) for name, metric in _JUDGE_EVAL.items()},
+        **{name: evals.get(f"eval:{name}") for name in EVAL_FIELDS},
     }
 
 

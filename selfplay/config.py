@@ -134,18 +134,9 @@ class DatasetConfig(StrictConfig):
         0.0,
         ge=0,
         lt=1,
-        description="Share of the rows held out for evaluation, drawn with run.seed among the "
-        "rows with an answer (needs answer_field); 0: no held-out set.",
+        description="Share of the rows held out for evaluation, drawn with run.seed (among "
+        "the rows with an answer when answer_field is set); 0: no held-out set.",
     )
-
-    @model_validator(mode="after")
-    def _heldout_needs_answers(self) -> DatasetConfig:
-        if self.heldout_share > 0 and self.answer_field is None:
-            raise ValueError(
-                "task.dataset.heldout_share needs task.dataset.answer_field: held-out accuracy "
-                "compares responses with reference answers"
-            )
-        return self
 
 
 class TaskConfig(StrictConfig):
@@ -453,7 +444,40 @@ class GuardsConfig(StrictConfig):
 
 
 class EvaluationConfig(StrictConfig):
-    batch_size: int = Field(500, ge=1, description="Prompts per greedy evaluation batch.")
+    """How each round's new checkpoint is evaluated on the task's held-out prompts
+    (selfplay/stages/evaluate.py, docs/evaluation.md)."""
+
+    metric: Literal["accuracy", "win_rate", "win_rate_lc", "judge_score"] | None = Field(
+        None,
+        description="The figure that drives the round line, guards.patience, the best "
+        "checkpoint and guards.keep_last: accuracy (greedy, against reference answers), "
+        "win_rate or win_rate_lc (the run's judge against a baseline's responses; _lc: "
+        "length-controlled), judge_score (the judge's mean score). Unset: accuracy when "
+        "every held-out prompt has an answer, win_rate otherwise.",
+    )
+    reference: Path | None = Field(
+        None,
+        description="Win-rate baseline: a JSONL file of responses to the held-out prompts "
+        '({"prompt": …, "response": …} per line, as AlpacaEval compares with a strong '
+        "model's outputs); unset: the initial policy's responses (sampled once per run).",
+    )
+    temperature: float = Field(
+        0.7, ge=0, description="Sampling temperature of win-rate and judge-score responses."
+    )
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of those responses.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Length limit of those responses; unset: generation's."
+    )
+    batch_size: int = Field(500, ge=1, description="Prompts per evaluation generation batch.")
+
+    @model_validator(mode="after")
+    def _reference_needs_win_rate(self) -> EvaluationConfig:
+        if self.reference is not None and self.metric in ("accuracy", "judge_score"):
+            raise ValueError(
+                f"evaluation.reference is a win-rate baseline: it needs evaluation.metric "
+                f"win_rate or win_rate_lc (or unset), not {self.metric}"
+            )
+        return self
 
 
 class ExecutorConfig(StrictConfig):

@@ -24,12 +24,17 @@ from selfplay.checkpoints import SFT_ROUND_INDEX, prune_checkpoints
 from selfplay.config import ConfigError, ExecutorConfig, LoggingConfig, SelfplayConfig
 from selfplay.executor import Executor, make_executor
 from selfplay.model_source import check_model_sources
-from selfplay.progress import Reporter, SilentReporter, format_accuracy
+from selfplay.progress import Reporter, SilentReporter, format_evaluation
 from selfplay.redact import mask_config
 from selfplay.rendering import check_conversations
 from selfplay.sft import prepare_policy
 from selfplay.stages import Context, Engines
-from selfplay.stages.evaluate import evaluate_checkpoint
+from selfplay.stages.evaluate import (
+    METRIC_NAMES,
+    check_evaluation,
+    evaluate_checkpoint,
+    resolve_metric,
+)
 from selfplay.tasks import TaskDataError, make_task
 from selfplay.trackers import Trackers
 
@@ -93,8 +98,9 @@ def ensure_initial_checkpoint(ctx: Context) -> int:
 
 def next_policy(ctx: Context, index: int) -> Checkpoint | None:
     """The checkpoint round `index` starts from: the previous round's output, or, after
-    guards.patience rounds without a new best held-out accuracy, the best checkpoint
-    (on_plateau: rollback) or None (on_plateau: stop)."""
+    guards.patience rounds without a new best value of the evaluation metric (held-out
+    accuracy, win rate, judge score), the best checkpoint (on_plateau: rollback) or None
+    (on_plateau: stop)."""
     guards = ctx.cfg.guards
     with ctx.sessions() as s:
         previous = queries.get_checkpoint(s, ctx.run_id, index - 1)
@@ -189,16 +195,29 @@ def run_round(ctx: Context, round_id: int, executor: Executor) -> None:
     _set_status(ctx, round_id, RoundStatus.DONE)
 
 
-def round_line(summary: summaries.RoundSummary) -> str:
+def round_line(summary: summaries.RoundSummary, metric: str | None = None) -> str:
     """The line printed when a round finishes: its pairs (or why it has none), the share of
-    truncated responses when any, held-out accuracy and wall time."""
+    truncated responses when any, its evaluation in the run's metric (`format_evaluation`;
+    held-out accuracy by default) and wall time."""
     pairs = summary.no_pairs_reason or f"{summary.pairs} pairs"
     cut = summary.truncated_responses
     truncated = f" ({cut} of {summary.responses} responses truncated)" if cut else ""
-    return (
-        f"round {summary.index}: {pairs}{truncated}, held-out accuracy "
-        f"{format_accuracy(summary.heldout_accuracy)}, {summary.wall_time_s:.1f}s"
+    evaluation = format_evaluation(metric, summary.to_dict())
+    return f"round {summary.index}: {pairs}{truncated}, {evaluation}, {summary.wall_time_s:.1f}s"
+
+
+def checkpoint_figures(session: Session, ckpt: Checkpoint) -> dict[str, float | None]:
+    """A checkpoint's evaluation figures (metrics of stage `eval` at its round index), with
+    its held-out accuracy and, for the initial policy as its own win-rate baseline, 0.5."""
+    figures: dict[str, float | None] = dict(
+        summaries.stage_metrics(session, ckpt.run_id, "eval", ckpt.round_index).get(
+            ckpt.round_index, {}
+        )
     )
+    figures["heldout_accuracy"] = ckpt.heldout_accuracy
+    if ckpt.round_index == SFT_ROUND_INDEX and "win_rate" not in figures:
+        figures |= {"win_rate": ckpt.heldout_score, "win_rate_lc": ckpt.heldout_score}
+    return figures
 
 
 def create_store(url: str) -> Engine:
@@ -237,6 +256,8 @@ def run_loop(
     except TaskDataError as err:
         raise ConfigError(str(err)) from None
     check_model_sources(cfg)
+    check_evaluation(cfg, task)
+    metric = resolve_metric(cfg, task.heldout_prompts())
     # A conversation the policy cannot render fails here, not at round 0's generation.
     first = task.train_prompts(0, cfg.task.prompts_per_round)
     check_conversations(cfg.model, [*task.heldout_prompts(), *first])
@@ -254,13 +275,17 @@ def run_loop(
         ctx = Context(cfg, sessions, ensure_run(sessions, cfg), reporter, engines)
         trackers.start(cfg)
         initial = ensure_initial_checkpoint(ctx)
-        accuracy = evaluate_checkpoint(ctx, initial, SFT_ROUND_INDEX)
-        reporter.line(f"initial policy: held-out accuracy {format_accuracy(accuracy)}")
+        evaluate_checkpoint(ctx, initial, SFT_ROUND_INDEX)
+        with sessions() as s:
+            figures = checkpoint_figures(s, s.get(Checkpoint, initial))
+        own_baseline = metric in ("win_rate", "win_rate_lc") and cfg.evaluation.reference is None
+        baseline = " (the win-rate baseline itself)" if own_baseline else ""
+        reporter.line(f"initial policy: {format_evaluation(metric, figures)}{baseline}")
         for index in range(rounds or cfg.run.rounds):
             round_id = ensure_round(ctx, index)
             if round_id is None:
                 reporter.line(
-                    f"stopping before round {index}: no new best held-out accuracy for "
+                    f"stopping before round {index}: no new best {METRIC_NAMES[metric]} for "
                     f"{cfg.guards.patience} rounds (guards.on_plateau: stop)"
                 )
                 break
@@ -271,18 +296,20 @@ def run_loop(
                 trackers.log_round(sessions, ctx.run_id, index)
             with sessions() as s:
                 (summary,) = summaries.round_summaries(s, ctx.run_id, index)
-            reporter.line(round_line(summary) + (" (already done)" if already_done else ""))
+            done_note = " (already done)" if already_done else ""
+            reporter.line(round_line(summary, metric) + done_note)
             for path in prune_checkpoints(sessions, ctx.run_id, cfg.guards.keep_last):
                 reporter.line(f"  deleted checkpoint {path} (guards.keep_last)")
         with sessions() as s:
+            rounds_done = summaries.round_summaries(s, ctx.run_id)
+            if rounds_done and metric is not None:
+                final = format_evaluation(metric, rounds_done[-1].to_dict())
+                reporter.line(f"done: {len(rounds_done)} rounds, final {final}")
             best = queries.best_checkpoint(s, ctx.run_id)
             if best is not None:
-                reporter.line(
-                    f"best checkpoint: {'SFT' if best.round_index < 0 else f'round {best.round_index}'}"
-                    f" (held-out accuracy {format_accuracy(best.heldout_accuracy)}) {best.path}"
-                )
-        with sessions() as s:
-            rounds_done = summaries.round_summaries(s, ctx.run_id)
+                name = "SFT" if best.round_index < 0 else f"round {best.round_index}"
+                figures = format_evaluation(metric, checkpoint_figures(s, best))
+                reporter.line(f"best checkpoint: {name} ({figures}) {best.path}")
     finally:
         trackers.close()
         engines.close()

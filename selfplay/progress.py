@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
@@ -69,3 +69,21 @@ class SilentReporter:
 def format_accuracy(value: float | None) -> str:
     """An accuracy for people: three decimals, or "n/a" without a held-out set."""
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def format_evaluation(metric: str | None, figures: Mapping[str, float | None]) -> str:
+    """A checkpoint's evaluation for people, in the terms of the run's metric: "held-out
+    accuracy 0.625", "held-out win rate 0.640 ± 0.048 (LC 0.590)", "held-out judge score
+    0.710 ± 0.030"; "n/a" for figures not measured (accuracy without a held-out set)."""
+    if metric in ("win_rate", "win_rate_lc"):
+        wr, se, lc = (figures.get(k) for k in ("win_rate", "win_rate_se", "win_rate_lc"))
+        if wr is None:
+            return "held-out win rate n/a"
+        spread = f" ± {se:.3f}" if se is not None else ""
+        return f"held-out win rate {wr:.3f}{spread} (LC {format_accuracy(lc)})"
+    if metric == "judge_score":
+        score, se = figures.get("judge_score"), figures.get("judge_score_se")
+        if score is None:
+            return "held-out judge score n/a"
+        return f"held-out judge score {score:.3f}" + (f" ± {se:.3f}" if se is not None else "")
+    return f"held-out accuracy {format_accuracy(figures.get('heldout_accuracy'))}"

@@ -85,6 +85,7 @@ def seed_store(url: str) -> dict[str, int]:
                 round_index=t,
                 path=f"/ckpt/{t}",
                 heldout_accuracy=0.25 + 0.25 * (t + 1),
+                heldout_score=0.25 + 0.25 * (t + 1),
             )
             s.add(ckpts[t])
         s.flush()

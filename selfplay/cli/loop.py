@@ -26,14 +26,9 @@ def run(
     _quiet_transformers()
     err.print(f"run [bold]{cfg.run.name}[/]: store {mask_url(cfg.db_url)}", highlight=False)
     try:
-        summaries = run_loop(cfg, rounds=rounds, reporter=RichReporter(out))
+        run_loop(cfg, rounds=rounds, reporter=RichReporter(out))
     except ConfigError as e:
         raise fail(str(e), 2) from None
-    final = summaries[-1] if summaries else None
-    if final is not None and final.heldout_accuracy is not None:
-        out.print(
-            f"done: {len(summaries)} rounds, final held-out accuracy {final.heldout_accuracy:.3f}"
-        )
 
 
 def judge(

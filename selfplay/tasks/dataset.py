@@ -5,7 +5,7 @@
 `datasets.load_dataset` takes (a hub id with an optional `subset` and `revision`, a builder such
 as `json` or `parquet` with `data_files`, a directory of data files). One split is read; its
 rows' prompt field (a string or chat messages) or messages field (a transcript) and answer field
-become the prompts, a seeded `heldout_share` of the rows with an answer the held-out set.
+become the prompts, a seeded `heldout_share` of the rows the held-out set.
 """
 
 from __future__ import annotations
@@ -111,8 +111,8 @@ class DatasetTask(GivenPromptsTask):
     Row i's prompt is its `prompt_field` (a string, or chat messages ending with a user turn)
     or, when `messages_field` is set, that transcript (trailing assistant turns dropped); its
     answer is `answer_field` (unset: none). With `heldout_share` > 0, max(1, round(share ×
-    rows)) of the rows that have an answer, drawn with the seed, are the held-out set; the
-    rest are train prompts, which rounds cycle through in an order shuffled with the seed.
+    rows)) of the rows, drawn with the seed (only rows with an answer when `answer_field` is
+    set), are the held-out set; the rest are train prompts, which rounds cycle through in an order shuffled with the seed.
     """
 
     def __init__(self, cfg: DatasetConfig, seed: int = 0) -> None:
@@ -158,7 +158,13 @@ class DatasetTask(GivenPromptsTask):
         share = self.cfg.heldout_share
         if share == 0:
             return set()
-        answered = [i for i, p in enumerate(prompts) if p.answer is not None]
+        # With an answer field, held-out rows need their answer (accuracy reads it); without
+        # one every row may be held out (open-ended evaluation: win rate, judge score).
+        answered = [
+            i
+            for i, p in enumerate(prompts)
+            if self.cfg.answer_field is None or p.answer is not None
+        ]
         size = max(1, round(share * len(prompts)))
         if size > len(answered):
             raise TaskDataError(

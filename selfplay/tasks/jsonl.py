@@ -34,8 +34,6 @@ def _parse_line(line: str) -> tuple[Prompt, bool]:
     split = obj.get("split", "train")
     if split not in ("train", "heldout"):
         raise ValueError(f"field 'split' must be 'train' or 'heldout', got {split!r}")
-    if split == "heldout" and prompt.answer is None:
-        raise ValueError("a held-out prompt needs an 'answer'")
     return prompt, split == "heldout"
 
 
@@ -45,8 +43,9 @@ class JsonlTask(GivenPromptsTask):
     Each non-blank line is an object with a `prompt` (a string, or chat messages ending with a
     user turn) or a `messages` transcript (chat messages; trailing assistant turns dropped),
     `prompt` winning when a line has both; an optional `answer` (string or integer); and an
-    optional `split`: `"heldout"` lines (which need an answer) form the held-out set, every
-    other line is a train prompt; the held-out set is empty when no line is marked. Rounds
+    optional `split`: `"heldout"` lines form the held-out set (with answers they are scored
+    by accuracy, without by win rate or judge score: `evaluation.metric`), every other line
+    is a train prompt; the held-out set is empty when no line is marked. Rounds
     cycle through the train prompts in an order shuffled once with the seed.
     """
 

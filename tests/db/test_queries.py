@@ -34,16 +34,16 @@ def test_insert_ignore_makes_redelivery_a_noop(small_store):
 def test_lookups_return_none_for_what_is_not_stored(small_store):
     sessions, ids = small_store
     with transaction(sessions) as s:
-        s.add(Checkpoint(run_id=ids["run"], round_index=0, path="/c0", heldout_accuracy=0.5))
-        s.add(Checkpoint(run_id=ids["run"], round_index=1, path="/c1", heldout_accuracy=0.5))
-        s.add(Checkpoint(run_id=ids["run"], round_index=2, path="/c2", heldout_accuracy=0.25))
+        s.add(Checkpoint(run_id=ids["run"], round_index=0, path="/c0", heldout_score=0.5))
+        s.add(Checkpoint(run_id=ids["run"], round_index=1, path="/c1", heldout_score=0.5))
+        s.add(Checkpoint(run_id=ids["run"], round_index=2, path="/c2", heldout_score=0.25))
     with sessions() as s:
         assert queries.get_run(s, "r").id == ids["run"] and queries.get_run(s, "nope") is None
         assert queries.get_round(s, ids["run"], 0).id == ids["round"]
         assert queries.get_round(s, ids["run"], 1) is None
         assert queries.get_checkpoint(s, ids["run"], -1).id == ids["ckpt"]
         assert queries.get_checkpoint(s, ids["run"], 7) is None
-        # The best held-out accuracy, the earliest among equals; unevaluated ones never count.
+        # The best heldout_score (the metric), the earliest among equals; unevaluated ones never count.
         assert queries.best_checkpoint(s, ids["run"]).path == "/c0"
         assert queries.best_checkpoint(s, ids["run"], before=0) is None
 

@@ -32,7 +32,13 @@ def store(engine: Engine, tmp_path: Path, accuracies: list[float], **guards) -> 
         for i, acc in enumerate(accuracies):
             path = tmp_path / f"ckpt{i - 1}"
             path.mkdir()
-            c = Checkpoint(run_id=run.id, round_index=i - 1, path=str(path), heldout_accuracy=acc)
+            c = Checkpoint(
+                run_id=run.id,
+                round_index=i - 1,
+                path=str(path),
+                heldout_accuracy=acc,
+                heldout_score=acc,
+            )
             s.add(c)
             s.flush()
             ckpts.append(c)

@@ -200,8 +200,14 @@ def test_unusable_datasets_are_task_data_errors(tmp_path: Path):
         _task(path="./nowhere")
 
 
-def test_heldout_share_needs_an_answer_field():
-    with pytest.raises(ValueError, match="heldout_share needs task.dataset.answer_field"):
-        DatasetConfig(path="x", heldout_share=0.1)
+def test_heldout_share_without_an_answer_field_holds_out_any_rows(tmp_path: Path):
+    rows = [{"prompt": f"p{i}"} for i in range(20)]
+    task = _task(path=str(_saved(tmp_path, rows)), heldout_share=0.25)
+    held = task.heldout_prompts()
+    assert len(held) == 5 and all(p.answer is None for p in held)
+    assert not set(held) & set(task.train_prompts(0, 15))
+
+
+def test_dataset_task_needs_its_dataset():
     with pytest.raises(ValueError, match="task.dataset .* is required"):
         TaskConfig(name="dataset")

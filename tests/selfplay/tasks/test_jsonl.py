@@ -89,7 +89,6 @@ def test_train_prompts_cycle_deterministically(tmp_path):
         ('{"prompt": "p", "answer": [1]}', "'answer' must be"),
         ('{"prompt": "p", "answer": true}', "'answer' must be"),
         ('{"prompt": "p", "split": "dev"}', "'split' must be 'train' or 'heldout'"),
-        ('{"prompt": "p", "split": "heldout"}', "held-out prompt needs an 'answer'"),
     ],
 )
 def test_malformed_line_names_file_line_and_problem(tmp_path, line, problem):
@@ -162,3 +161,13 @@ def test_a_judge_input_line_may_hold_a_conversation():
     )
     assert obj["response"] == "hello"
     assert prompt == Prompt.conversation([("user", "hi")])
+
+
+def test_heldout_lines_without_answers_are_open_ended_prompts(tmp_path):
+    lines = [
+        _obj(prompt="t"),
+        _obj(prompt="h1", split="heldout"),
+        _obj(prompt="h2", answer=2, split="heldout"),
+    ]
+    task = JsonlTask(_write(tmp_path, lines), seed=0)
+    assert task.heldout_prompts() == [Prompt("h1"), Prompt("h2", "2")]
