@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
 from db import queries
 from db.engine import make_engine, session_factory
-from db.models import Checkpoint, Pair, Prompt, Response, Round
+from db.models import Checkpoint, EvalResponse, Metric, Pair, Prompt, Response, Round
 from tests.fake_openai_server import serve
 
 pytestmark = pytest.mark.heavy
@@ -227,9 +227,25 @@ def test_a_shipped_chat_config_runs_a_round_on_the_tiny_chat_models(
         (rnd,) = s.scalars(select(Round).where(Round.run_id == run_id))
         pairs = s.scalars(select(Pair).where(Pair.round_id == rnd.id)).all()
         responses = s.scalars(select(Response).where(Response.round_id == rnd.id)).all()
+        # The shipped heldout_share holds out one of the 6 prompts, without an answer: the
+        # round is evaluated by win rate against the initial policy's response to it.
+        evaluated = s.scalars(select(EvalResponse)).all()
+        figures = dict(
+            s.execute(
+                select(Metric.name, Metric.value).where(
+                    Metric.stage == "eval", Metric.round_index == 0
+                )
+            ).all()
+        )
     engine.dispose()
     assert rnd.status == "done"
     assert len(responses) == 6 * shipped["generation"]["samples_per_prompt"]
+    assert len(evaluated) == 2  # the initial policy's and round 0's
+    if name == "chat-self-rewarding":  # the toy never writes a score: the comparison failed
+        assert figures["win_rate_failed"] == 1 and "win_rate" not in figures
+    else:
+        assert figures["win_rate_n"] == 1 and 0 <= figures["win_rate"] <= 1
+    assert "held-out win rate" in proc.stdout
     if name == "chat-self-rewarding":
         # A 100-step toy never writes "Score: N": every judgment fails, and the round says so.
         assert not pairs and rnd.no_pairs_reason == "0 pairs: no response has a successful judgment"
