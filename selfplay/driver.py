@@ -302,14 +302,14 @@ def run_loop(
                 reporter.line(f"  deleted checkpoint {path} (guards.keep_last)")
         with sessions() as s:
             rounds_done = summaries.round_summaries(s, ctx.run_id)
-            if rounds_done and metric is not None:
-                final = format_evaluation(metric, rounds_done[-1].to_dict())
-                reporter.line(f"done: {len(rounds_done)} rounds, final {final}")
             best = queries.best_checkpoint(s, ctx.run_id)
             if best is not None:
                 name = "SFT" if best.round_index < 0 else f"round {best.round_index}"
                 figures = format_evaluation(metric, checkpoint_figures(s, best))
                 reporter.line(f"best checkpoint: {name} ({figures}) {best.path}")
+            if rounds_done and metric is not None:
+                final = format_evaluation(metric, rounds_done[-1].to_dict())
+                reporter.line(f"done: {len(rounds_done)} rounds, final {final}")
     finally:
         trackers.close()
         engines.close()
