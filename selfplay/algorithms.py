@@ -54,6 +54,7 @@ LOSSES: dict[str, LossSpec] = {
     "ipo": LossSpec(),
     "simpo": LossSpec(reference=None),
     "chipo": LossSpec(),
+    "dpop": LossSpec(),
     "dno": LossSpec(reference="previous"),
     "inpo": LossSpec(reference="sft", needs_prev=True),
     "sppo": LossSpec(reference="previous", needs_targets=True),
@@ -119,6 +120,7 @@ ALGORITHM_PRESETS: dict[str, dict] = {
     "ipo": {"training": {"loss": "ipo", "ipo_tau": 0.1}},
     "simpo": {"training": {"loss": "simpo", "beta": 2.0, "simpo_gamma_ratio": 0.5}},
     "chipo": {"training": {"loss": "chipo", "beta": 0.05, "chipo_r": 10.0}},
+    "dpop": {"training": {"loss": "dpop", "dpop_lambda": 50.0}},
     "rft": {"training": {"loss": "rft"}},
     "dno": {
         "training": {"loss": "dno", "beta": 0.1, "reference": "previous"},

@@ -49,12 +49,18 @@ class DistributedConfig(StrictConfig):
 
 class TrainingConfig(StrictConfig):
     loss: str = Field("dpo", description="Objective: a name in selfplay.algorithms.LOSSES.")
-    beta: float = Field(0.1, gt=0, description="β of dpo/cdpo/rdpo/simpo/chipo/xpo, η of dno.")
+    beta: float = Field(0.1, gt=0, description="β of dpo/cdpo/rdpo/simpo/chipo/dpop/xpo, η of dno.")
     epsilon: float = Field(0.1, ge=0, description="cdpo/rdpo label-flip rate ε, < 0.5.")
     ipo_tau: float = Field(0.1, gt=0, description="IPO τ.")
     simpo_gamma_ratio: float = Field(0.5, ge=0, description="SimPO γ/β.")
     chipo_r: float | None = Field(
         None, gt=0, description="χPO clip R (margin clipped to [−2R, 2R]); required for chipo."
+    )
+    dpop_lambda: float = Field(
+        50.0,
+        ge=0,
+        description="DPO-Positive λ: weight of the penalty max(0, S_ref(y_w) − S_θ(y_w)) "
+        "inside dpop's margin (the paper's 50); 0 is dpo.",
     )
     inpo_eta: float = Field(0.005, gt=0, description="INPO η.")
     inpo_tau: float | None = Field(

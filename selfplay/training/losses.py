@@ -59,11 +59,12 @@ class PairLogps:
 class LossParams:
     """Hyper-parameters of every loss (paper defaults); each loss reads only its own."""
 
-    beta: float = 0.1  # dpo, cdpo, rdpo, simpo, chipo, dno (η), xpo; reward scale for logging
+    beta: float = 0.1  # dpo, cdpo, rdpo, simpo, chipo, dpop, dno (η), xpo; reward scale for logging
     epsilon: float = 0.1  # cdpo, rdpo: label-flip rate, in [0, 0.5)
     ipo_tau: float = 0.1  # ipo
     simpo_gamma_ratio: float = 0.5  # simpo: γ/β
     chipo_r: float = 10.0  # chipo: the margin is clipped to [−2R, 2R]
+    dpop_lambda: float = 50.0  # dpop: weight of the penalty on S_θ(y_w) < S_ref(y_w)
     inpo_eta: float = 0.005  # inpo η
     inpo_tau: float | None = None  # inpo τ; None: η/3 (τ = 0: the paper's no-KL ablation)
     sppo_eta: float = 1000.0  # sppo η (β = 1/η)
@@ -175,6 +176,19 @@ def chipo_loss(b: PairLogps, p: LossParams) -> LossOutput:
     return LossOutput(-F.logsigmoid(z), *_rewards(b, p.beta))
 
 
+def dpop_loss(b: PairLogps, p: LossParams) -> LossOutput:
+    """DPO-Positive (2402.13228): −log σ(β[h − λ·max(0, S_ref(y_w) − S_θ(y_w))]).
+
+    DPO whose margin is cut by λ times how far the chosen response's log-prob has fallen
+    below the reference's; the penalty is zero (pure DPO) while S_θ(y_w) ≥ S_ref(y_w), and
+    has zero gradient where they are equal. λ = 0 is DPO.
+    """
+    w, lo = _ratios(b)
+    penalty = F.relu(-w)  # max(0, S_ref(y_w) − S_θ(y_w))
+    z = p.beta * (w - lo - p.dpop_lambda * penalty)
+    return LossOutput(-F.logsigmoid(z), *_rewards(b, p.beta))
+
+
 def dno_loss(b: PairLogps, p: LossParams) -> LossOutput:
     """DNO-Prct (2404.03715, Alg. 2): −log σ(η [ℓ_t(y⁺) − ℓ_t(y⁻)]), η = β.
 
@@ -250,6 +264,7 @@ LOSS_FNS: dict[str, LossFn] = {
     "ipo": ipo_loss,
     "simpo": simpo_loss,
     "chipo": chipo_loss,
+    "dpop": dpop_loss,
     "dno": dno_loss,
     "inpo": inpo_loss,
     "sppo": sppo_loss,

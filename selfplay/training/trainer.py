@@ -57,6 +57,7 @@ def loss_params(cfg: TrainingConfig) -> LossParams:
         ipo_tau=cfg.ipo_tau,
         simpo_gamma_ratio=cfg.simpo_gamma_ratio,
         chipo_r=cfg.chipo_r if cfg.chipo_r is not None else LossParams.chipo_r,
+        dpop_lambda=cfg.dpop_lambda,
         inpo_eta=cfg.inpo_eta,
         inpo_tau=cfg.inpo_tau,
         sppo_eta=cfg.sppo_eta,

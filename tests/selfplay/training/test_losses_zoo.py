@@ -23,6 +23,7 @@ from selfplay.training.losses import (
     chipo_loss,
     dno_loss,
     dpo_loss,
+    dpop_loss,
     inpo_loss,
     ipo_loss,
     rdpo_loss,
@@ -101,6 +102,52 @@ def test_chipo_clamps_the_exponent_and_clips_the_margin():
     out.losses.sum().backward()
     assert pc.grad.item() == 0.0  # saturated pair: zero gradient, as the paper intends
     assert CHIPO_EXP_CLAMP == 80.0
+
+
+def test_dpop_hand_value():
+    # Chosen fell below the reference: S_θ(y_w) = −2, S_ref(y_w) = −1.5 → ℓ(y_w) = −0.5;
+    # S_θ(y_l) = −4, S_ref(y_l) = −2 → ℓ(y_l) = −2; h = 1.5; penalty max(0, −1.5 + 2) = 0.5.
+    # β = 0.1, λ = 2: z = 0.1·(1.5 − 2·0.5) = 0.05 ; loss = log(1 + e^−0.05) = 0.668459648
+    # (DPO: z = 0.15, log(1 + e^−0.15) = 0.620957048: the penalty raises the loss).
+    b = shared(policy_chosen=one(-2.0), policy_rejected=one(-4.0), ref_rejected=one(-2.0))
+    close(dpop_loss(b, LossParams(beta=0.1, dpop_lambda=2.0)).losses, 0.668459648)
+    close(dpo_loss(b, LossParams(beta=0.1)).losses, 0.620957048)
+    # The shared pair's chosen rose above the reference (ℓ(y_w) = 0.5): no penalty, DPO's value.
+    close(dpop_loss(shared(), LossParams(beta=0.1, dpop_lambda=2.0)).losses, 0.644396641)
+
+
+def test_dpop_with_lambda_zero_is_dpo():
+    gen = torch.Generator().manual_seed(0)
+    b = PairLogps(*(-5 * torch.rand(4, 8, generator=gen)), torch.ones(8), torch.ones(8))
+    torch.testing.assert_close(
+        dpop_loss(b, LossParams(beta=0.3, dpop_lambda=0.0)).losses,
+        dpo_loss(b, LossParams(beta=0.3)).losses,
+    )
+
+
+def test_dpop_penalty_acts_only_below_the_reference():
+    # Gradient w.r.t. S_θ(y_w) is −β·σ(−z)·(1 + λ) while the chosen is below the reference,
+    # DPO's −β·σ(−z) otherwise. Below (the hand-value pair): −0.1·σ(−0.05)·3 = −0.146250781;
+    # w.r.t. S_θ(y_l) it is +β·σ(−z) = 0.048750260 either way.
+    pc, pr = torch.tensor([-2.0], requires_grad=True), torch.tensor([-4.0], requires_grad=True)
+    b = shared(policy_chosen=pc, policy_rejected=pr, ref_rejected=one(-2.0))
+    dpop_loss(b, LossParams(beta=0.1, dpop_lambda=2.0)).losses.sum().backward()
+    close(pc.grad, -0.146250781)
+    close(pr.grad, 0.048750260)
+    assert torch.isfinite(pc.grad).all() and torch.isfinite(pr.grad).all()
+    # Above (the shared pair, ℓ(y_w) = 0.5): the same gradients as DPO for any λ.
+    grads = []
+    for fn, params in [(dpop_loss, LossParams(dpop_lambda=50.0)), (dpo_loss, LossParams())]:
+        pc = torch.tensor([-1.0], requires_grad=True)
+        fn(shared(policy_chosen=pc), params).losses.sum().backward()
+        grads.append(pc.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    # A large λ on a chosen response far below its reference stays finite.
+    pc = torch.tensor([-300.0], requires_grad=True)
+    out = dpop_loss(shared(policy_chosen=pc), LossParams(dpop_lambda=50.0))
+    out.losses.sum().backward()
+    assert torch.isfinite(out.losses).all() and torch.isfinite(pc.grad).all()
+    assert LOSSES["dpop"].reference == "config"
 
 
 def test_dno_is_dpo_against_the_previous_policy():

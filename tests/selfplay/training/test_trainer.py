@@ -3,7 +3,7 @@ import torch
 
 from selfplay.config import TrainingConfig
 from selfplay.training.logprobs import score_responses
-from selfplay.training.trainer import PairExample, train_on_pairs
+from selfplay.training.trainer import PairExample, loss_params, train_on_pairs
 
 PAD = 0
 # Synthetic preference: after any prompt, answer "5 6 EOS" rather than "7 EOS" / "8 9 10 EOS".
@@ -71,6 +71,13 @@ def test_dpo_widens_the_margin_until_every_pair_is_ranked_right(tiny_llama):
     assert summary["steps"] == 30
     assert summary["loss"] == pytest.approx(sum(m["loss"] for m in history) / 30)
     assert not model.training
+
+
+def test_dpop_lambda_reaches_the_loss():
+    assert loss_params(TrainingConfig(loss="dpop", dpop_lambda=7.0)).dpop_lambda == 7.0
+    assert loss_params(TrainingConfig(loss="dpop")).dpop_lambda == 50.0  # the paper's λ
+    with pytest.raises(ValueError, match="dpop_lambda"):
+        TrainingConfig(loss="dpop", dpop_lambda=-1.0)
 
 
 def test_same_seed_same_parameters(tiny_llama):
@@ -225,6 +232,7 @@ def test_rmsprop_and_every_zoo_loss_train(tiny_llama):
         ("cdpo", {}),
         ("simpo", {}),
         ("chipo", {"chipo_r": 10.0}),
+        ("dpop", {"dpop_lambda": 5.0}),
         ("sppo", {"sppo_eta": 4.0, "optimizer": "rmsprop", "lr": 1e-3}),
         ("inpo", {"inpo_eta": 0.5, "reference": "sft"}),
         ("xpo", {"reference": "sft"}),
