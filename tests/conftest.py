@@ -250,3 +250,66 @@ def conversation_url(seeded_url: str) -> str:
             prompt.messages = [{"role": role, "content": content} for role, content in turns]
     engine.dispose()
     return seeded_url
+
+
+WIN_RATES = {
+    0: {"win_rate": 0.6, "win_rate_se": 0.05, "win_rate_lc": 0.55, "win_rate_n": 40.0,
+        "win_rate_failed": 1.0, "win_rate_tie_share": 0.125,
+        "win_rate_length_coefficient": 0.3, "eval_mean_chars": 812.0,
+        "baseline_mean_chars": 640.5},
+    1: {"win_rate": 0.7, "win_rate_se": 0.04, "win_rate_lc": 0.62, "win_rate_n": 40.0,
+        "win_rate_failed": 0.0, "win_rate_tie_share": 0.1,
+        "win_rate_length_coefficient": 0.25, "eval_mean_chars": 900.0,
+        "baseline_mean_chars": 640.5},
+}  # fmt: skip
+"""The `eval` metrics `open_ended_url` gives the `demo` run's checkpoints (rounds 0, 1)."""
+JUDGE_SCORES = {
+    0: {"judge_score": 0.61, "judge_score_se": 0.03, "judge_score_n": 40.0,
+        "judge_score_failed": 2.0},
+    1: {"judge_score": 0.72, "judge_score_se": 0.02, "judge_score_n": 40.0,
+        "judge_score_failed": 0.0},
+}  # fmt: skip
+"""The same for `evaluation.metric: judge_score` (the initial policy's at round -1 is 0.5)."""
+
+
+def make_open_ended(url: str, metric: str) -> None:
+    """Turn the seeded `demo` run into one evaluated on held-out prompts without answers by
+    `metric` (win_rate: WIN_RATES, the initial policy its own baseline, 0.5 and no rows;
+    judge_score: JUDGE_SCORES and 0.5 at round -1): no held-out accuracy anywhere, the
+    metric's value as each checkpoint's heldout_score, its figures as `eval` metrics."""
+    figures = dict(WIN_RATES if metric == "win_rate" else JUDGE_SCORES)
+    if metric == "judge_score":
+        figures[-1] = {"judge_score": 0.5, "judge_score_se": 0.03, "judge_score_n": 40.0}
+    engine = make_engine(url)
+    with transaction(session_factory(engine)) as s:
+        for rnd in s.scalars(select(Round)):
+            rnd.heldout_accuracy = None
+        for ckpt in s.scalars(select(Checkpoint)):
+            ckpt.heldout_accuracy = None
+            ckpt.heldout_score = figures.get(ckpt.round_index, {}).get(metric, 0.5)
+            for name, value in figures.get(ckpt.round_index, {}).items():
+                s.add(
+                    Metric(
+                        run_id=ckpt.run_id,
+                        round_index=ckpt.round_index,
+                        stage="eval",
+                        step=0,
+                        name=name,
+                        value=value,
+                    )
+                )
+    engine.dispose()
+
+
+@pytest.fixture
+def win_rate_url(seeded_url: str) -> str:
+    """The `demo` store evaluated by win rate (`make_open_ended`)."""
+    make_open_ended(seeded_url, "win_rate")
+    return seeded_url
+
+
+@pytest.fixture
+def judge_score_url(seeded_url: str) -> str:
+    """The `demo` store evaluated by judge score (`make_open_ended`)."""
+    make_open_ended(seeded_url, "judge_score")
+    return seeded_url
