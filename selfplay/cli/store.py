@@ -9,6 +9,7 @@ import ipaddress
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -112,6 +113,16 @@ def db_stats(
             out.print(_stats_table(run_name, rows[i : i + 8]), highlight=False)
 
 
+_EVAL_FIGURES = (
+    ("win rate", "win_rate"),
+    ("win rate SE", "win_rate_se"),
+    ("LC win rate", "win_rate_lc"),
+    ("judge score", "judge_score"),
+    ("judge score SE", "judge_score_se"),
+)
+"""`db stats` rows (label, RoundSummary field) of the open-ended evaluation."""
+
+
 def _stats_table(run_name: str, stats: list[RoundSummary]) -> Table:
     table = Table(title=f"run {run_name}")
     table.add_column("round")
@@ -139,6 +150,10 @@ def _stats_table(run_name: str, stats: list[RoundSummary]) -> Table:
         ("held-out acc", lambda st: _fmt(st.heldout_accuracy)),
         ("wall time", lambda st: f"{st.wall_time_s:.1f}s"),
     ]
+    # The open-ended evaluation's figures, when some round of the table has them.
+    for label, name in _EVAL_FIGURES:
+        if any(getattr(st, name) is not None for st in stats):
+            figures.insert(-1, (label, lambda st, name=name: _fmt(getattr(st, name))))
     for label, get in figures:
         table.add_row(label, *(get(st) for st in stats))
     return table
@@ -147,16 +162,18 @@ def _stats_table(run_name: str, stats: list[RoundSummary]) -> Table:
 def status(
     db: DbOption = None,
     run_name: Annotated[str | None, typer.Option("--run", help="Run name (default: all).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Print each run's rounds: stage, pairs, held-out accuracy, wall time, and the judge's
+    """Print each run's rounds: stage, pairs, the evaluation in the run's metric (held-out
+    accuracy; win rate ± SE and LC win rate, or judge score ± SE), wall time, and the judge's
     meta-evaluation (agreement with the verifier, position bias, failed share) when stored."""
-    _print_rounds(db, run_name, as_json=False)
+    _print_rounds(db, run_name, as_json)
 
 
 @db_app.command("rounds")
 def db_rounds(db: DbOption = None, run: RunOption = None, as_json: JsonOption = False) -> None:
-    """Each run's rounds: status, responses, pairs, held-out accuracy, wall time, and the judge's
-    meta-evaluation when stored (the table of `selfplay status`)."""
+    """Each run's rounds: status, responses, pairs, the evaluation in the run's metric, wall
+    time, and the judge's meta-evaluation when stored (the table of `selfplay status`)."""
     _print_rounds(db, run, as_json)
 
 
@@ -171,28 +188,76 @@ _JUDGE_EVAL_COLUMNS = {
 def _print_rounds(db: str | None, run: str | None, as_json: bool) -> None:
     """The rounds of the run named `run` (default: every run): a table per run, or JSON."""
     from db.queries import get_checkpoint
-    from db.runs import select_runs
+    from db.runs import INITIAL_ROUND_INDEX, checkpoint_figures, evaluation_kind, select_runs
     from db.summaries import round_summaries
 
+    tables = []
     with store_session(db) as s:
-        runs = [
-            (r.name, round_summaries(s, r.id), get_checkpoint(s, r.id, -1))
-            for r in select_runs(s, run)
-        ]
+        for r in select_runs(s, run):
+            summaries = round_summaries(s, r.id)
+            if as_json:
+                tables.append((r.name, summaries, None))
+                continue
+            initial = get_checkpoint(s, r.id, INITIAL_ROUND_INDEX)
+            figures = {} if initial is None else checkpoint_figures(s, initial)
+            kind = evaluation_kind(s, r.id)
+            tables.append((r.name, summaries, _InitialRow(initial, figures, kind)))
     if as_json:
-        _print_json([st.to_dict() for _, summaries, _ in runs for st in summaries])
+        _print_json([st.to_dict() for _, summaries, _ in tables for st in summaries])
         return
-    for name, summaries, initial in runs:
+    for name, summaries, initial in tables:
         out.print(_rounds_table(name, summaries, initial))
 
 
-def _rounds_table(
-    run_name: str, summaries: list[RoundSummary], initial: Checkpoint | None
-) -> Table:
-    """One run's rounds, after its initial policy (`initial`: the round -1 checkpoint, if any)."""
+@dataclass(frozen=True)
+class _InitialRow:
+    """A run's initial policy as the rounds table shows it: its checkpoint (None before it is
+    made), its evaluation figures (`db.runs.checkpoint_figures`) and the run's evaluation kind
+    (`db.runs.evaluation_kind`), which picks the table's evaluation columns."""
+
+    ckpt: Checkpoint | None
+    figures: dict[str, float | None]
+    kind: str
+
+
+def _pm(value: float | None, se: float | None) -> str:
+    """A figure with its standard error: "0.640 ± 0.048" ("0.500" without one)."""
+    if value is None:
+        return ""
+    return f"{value:.3f}" + ("" if se is None else f" ± {se:.3f}")
+
+
+def _evaluation_columns(
+    kind: str, summaries: list[RoundSummary], initial: dict[str, float | None]
+) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
+    """The rounds table's evaluation columns for a run evaluated by `kind`, each a header and
+    a function of a figures dict (a round's RoundSummary.to_dict(), or the initial policy's):
+    held-out accuracy always for accuracy runs and beside the others when some is stored."""
+    accuracy = ("held-out acc", lambda f: format_accuracy(f.get("heldout_accuracy")))
+    columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = []
+    if kind == "win_rate":
+        columns += [
+            ("win rate ± SE", lambda f: _pm(f.get("win_rate"), f.get("win_rate_se"))),
+            ("LC win rate", lambda f: _fmt(f.get("win_rate_lc"))),
+        ]
+    elif kind == "judge_score":
+        columns.append(
+            ("judge score ± SE", lambda f: _pm(f.get("judge_score"), f.get("judge_score_se")))
+        )
+    has_accuracy = initial.get("heldout_accuracy") is not None or any(
+        st.heldout_accuracy is not None for st in summaries
+    )
+    if kind == "accuracy" or has_accuracy:
+        columns.append(accuracy)
+    return columns
+
+
+def _rounds_table(run_name: str, summaries: list[RoundSummary], initial: _InitialRow) -> Table:
+    """One run's rounds, after its initial policy (the round -1 checkpoint, if any)."""
     from db.models import EXTERNAL_CHECKPOINT_PREFIX
 
     shown = [f for f in _JUDGE_EVAL_COLUMNS if any(getattr(st, f) is not None for st in summaries)]
+    evaluation = _evaluation_columns(initial.kind, summaries, initial.figures)
     # Shown when some round has them: the truncated share, and why a round has no pairs.
     extra: list[tuple[str, Callable[[RoundSummary], str]]] = []
     if any(st.truncated_responses for st in summaries):
@@ -200,21 +265,31 @@ def _rounds_table(
     if any(st.no_pairs_reason for st in summaries):
         extra.append(("why no pairs", _why_no_pairs))
     table = Table(title=f"run {run_name}")
-    columns = ("round", "stage", "responses", "pairs", "held-out acc", "wall time")
+    columns = ("round", "stage", "responses", "pairs", *(n for n, _ in evaluation), "wall time")
+    unwrapped = {n for n, _ in evaluation}  # "0.640 ± 0.048" reads badly on two lines
     for col in (*columns, *(_JUDGE_EVAL_COLUMNS[f] for f in shown), *(n for n, _ in extra)):
-        table.add_column(col, justify="left" if col in ("stage", "why no pairs") else "right")
-    if initial is not None:
-        stage = "external" if initial.path.startswith(EXTERNAL_CHECKPOINT_PREFIX) else "sft"
-        acc = format_accuracy(initial.heldout_accuracy)
-        table.add_row("initial", stage, "", "", acc, "", *[""] * (len(shown) + len(extra)))
+        justify = "left" if col in ("stage", "why no pairs") else "right"
+        table.add_column(col, justify=justify, no_wrap=col in unwrapped)
+    if initial.ckpt is not None:
+        external = initial.ckpt.path.startswith(EXTERNAL_CHECKPOINT_PREFIX)
+        table.add_row(
+            "initial",
+            "external" if external else "sft",
+            "",
+            "",
+            *(get(initial.figures) for _, get in evaluation),
+            "",
+            *[""] * (len(shown) + len(extra)),
+        )
     for st in summaries:
         stage = st.status + (f": {st.error.splitlines()[0]}" if st.error else "")
+        figures = st.to_dict()
         table.add_row(
             str(st.index),
             stage,
             str(st.responses),
             str(st.pairs),
-            format_accuracy(st.heldout_accuracy),
+            *(get(figures) for _, get in evaluation),
             f"{st.wall_time_s:.1f}s",
             *(_fmt(getattr(st, f)) for f in shown),
             *(get(st) for _, get in extra),

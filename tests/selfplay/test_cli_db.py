@@ -106,6 +106,62 @@ def test_rounds_lists_each_round(seeded_url):
     assert "done" in invoke("db", "rounds", "--db", seeded_url).output
 
 
+def table_rows(output: str) -> dict[str, list[str]]:
+    """A Rich table's rows as {first cell: the other cells}, each cell stripped."""
+    rows = {}
+    for line in output.splitlines():
+        if line.startswith("│"):
+            first, *rest = (c.strip() for c in line.strip("│").split("│"))
+            rows[first] = rest
+    return rows
+
+
+def test_rounds_and_status_of_a_win_rate_run_show_win_rate_se_and_lc(win_rate_url):
+    for args in (["db", "rounds"], ["status"]):
+        result = invoke(*args, "--db", win_rate_url)
+        assert result.exit_code == 0, result.output
+        assert "win rate ± SE" in result.output and "LC win rate" in result.output
+        assert "held-out acc" not in result.output  # no held-out prompt has an answer
+        rows = table_rows(result.output)
+        # The initial policy is its own baseline: 0.5 by definition, without an SE.
+        assert rows["initial"][:5] == ["sft", "", "", "0.500", "0.500"]
+        assert rows["0"][2:5] == ["6", "0.600 ± 0.050", "0.550"]
+        assert rows["1"][2:5] == ["6", "0.700 ± 0.040", "0.620"]
+    for args in (["db", "rounds"], ["status"]):
+        rounds = json.loads(invoke(*args, "--db", win_rate_url, "--json").output)
+        assert [(r["win_rate"], r["win_rate_se"], r["win_rate_lc"]) for r in rounds] == [
+            (0.6, 0.05, 0.55),
+            (0.7, 0.04, 0.62),
+        ]
+        assert all(r["judge_score"] is r["judge_score_se"] is None for r in rounds)
+    stats = table_rows(invoke("db", "stats", "--db", win_rate_url).output)
+    assert (stats["win rate"], stats["win rate SE"], stats["LC win rate"]) == (
+        ["0.600", "0.700"],
+        ["0.050", "0.040"],
+        ["0.550", "0.620"],
+    )
+    assert "judge score" not in stats
+
+
+def test_rounds_and_status_of_a_judge_score_run_show_the_score_and_its_se(judge_score_url):
+    rows = table_rows(invoke("status", "--db", judge_score_url).output)
+    assert rows["initial"][3] == "0.500 ± 0.030" and rows["1"][3] == "0.720 ± 0.020"
+    assert "win rate ± SE" not in invoke("db", "rounds", "--db", judge_score_url).output
+    rounds = json.loads(invoke("status", "--db", judge_score_url, "--json").output)
+    assert [(r["judge_score"], r["judge_score_se"]) for r in rounds] == [(0.61, 0.03), (0.72, 0.02)]
+    assert all(r["win_rate"] is None for r in rounds)
+
+
+def test_status_of_an_accuracy_run_keeps_held_out_accuracy(seeded_url):
+    result = invoke("status", "--db", seeded_url)
+    assert "held-out acc" in result.output and "win rate" not in result.output
+    rows = table_rows(result.output)
+    assert (rows["initial"][3], rows["0"][3], rows["1"][3]) == ("0.250", "0.500", "0.750")
+    rounds = json.loads(invoke("status", "--db", seeded_url, "--json").output)
+    assert [r["heldout_accuracy"] for r in rounds] == [0.5, 0.75]
+    assert all(r["win_rate"] is r["win_rate_lc"] is r["judge_score"] is None for r in rounds)
+
+
 def test_pairs_filters_and_keyset_pages(seeded_url):
     def ids(*extra: str) -> list[int]:
         result = invoke("db", "pairs", "--db", seeded_url, "--json", *extra)
