@@ -1,7 +1,8 @@
 """The read-only dashboard: FastAPI, server-rendered Jinja2 pages, inline SVG plots.
 
-Pages: `/` runs; `/runs/{id}` a run's rounds with plots; `/runs/{id}/rounds/{index}` one round
-(figures and training curves); `/pairs` the pair browser (filters, search, keyset pages);
+Pages: `/` runs; `/runs/{id}` a run's rounds with plots (its held-out evaluation in the run's
+metric: accuracy, win rate with its ±2 SE band and the LC win rate, or judge score with its
+band); `/runs/{id}/rounds/{index}` one round (figures, its evaluation's, training curves); `/pairs` the pair browser (filters, search, keyset pages);
 `/pairs/{id}` a pair side by side. Unknown ids give 404 pages and malformed parameters 400 pages.
 A done round's figures are read from its stored summary (written when it finished); rounds still
 running, and done rounds of a store that predates summaries, are computed on each view.
@@ -28,9 +29,23 @@ from db.engine import make_engine
 from db.models import Run
 from db.pairs import PairFilter, list_pairs, pair_detail
 from db.queries import get_checkpoint, get_run
-from db.runs import InspectError, NotFound, list_runs
-from db.summaries import RoundSummary, round_metrics, round_summaries, round_summary
-from selfplay.dashboard.svg import line_chart
+from db.runs import (
+    INITIAL_ROUND_INDEX,
+    InspectError,
+    NotFound,
+    checkpoint_figures,
+    evaluation_kind,
+    list_runs,
+)
+from db.summaries import (
+    RoundSummary,
+    round_metrics,
+    round_summaries,
+    round_summary,
+    stage_metrics,
+)
+from selfplay.dashboard.svg import Band, line_chart
+from selfplay.progress import format_evaluation
 from selfplay.redact import mask_url
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -105,8 +120,11 @@ def create_app(db_url: str, token: str | None = None) -> FastAPI:
         with sessions() as s:
             run = _run(s, run_id)
             stats = round_summaries(s, run.id)
-            initial_checkpoint = get_checkpoint(s, run.id, -1)
-            initial = None if initial_checkpoint is None else initial_checkpoint.heldout_accuracy
+            initial_checkpoint = get_checkpoint(s, run.id, INITIAL_ROUND_INDEX)
+            initial = (
+                {} if initial_checkpoint is None else checkpoint_figures(s, initial_checkpoint)
+            )
+            kind = evaluation_kind(s, run.id)
             name = run.name
         return page(
             request,
@@ -114,8 +132,11 @@ def create_app(db_url: str, token: str | None = None) -> FastAPI:
             run_id=run_id,
             name=name,
             stats=stats,
-            initial=initial,
-            plots=_run_plots(stats, initial),
+            evaluation=kind,
+            initial=_initial_line(kind, initial),
+            has_accuracy=initial.get("heldout_accuracy") is not None
+            or any(st.heldout_accuracy is not None for st in stats),
+            plots=_run_plots(stats, kind, initial),
         )
 
     @app.get("/runs/{run_id}/rounds/{index}", response_class=HTMLResponse)
@@ -126,6 +147,7 @@ def create_app(db_url: str, token: str | None = None) -> FastAPI:
             run = _run(s, run_id)
             st = round_summary(s, run.id, index)
             train = round_metrics(s, run.id, index, "train")
+            evaluation = stage_metrics(s, run.id, "eval", index).get(index, {})
             name = run.name
         plots = []
         for metric in ("loss", "reward_margin", "preference_accuracy"):
@@ -145,6 +167,7 @@ def create_app(db_url: str, token: str | None = None) -> FastAPI:
             run_id=run_id,
             name=name,
             st=st,
+            evaluation=evaluation,
             error_text=st.error,
             plots=plots,
         )
@@ -221,13 +244,83 @@ def _parse(raw: str | None, kind: type, name: str, ok: Callable[[Any], bool]) ->
     return value
 
 
-def _run_plots(stats: list[RoundSummary], initial: float | None) -> list[Any]:
+def _initial_line(kind: str, figures: dict[str, float | None]) -> str | None:
+    """The initial policy's evaluation in the run's terms ("held-out win rate 0.500 (LC
+    0.500)"); None when it has no figure yet."""
+    measured = {"accuracy": "heldout_accuracy"}.get(kind, kind)
+    return None if figures.get(measured) is None else format_evaluation(kind, figures)
+
+
+def _se_band(
+    label: str,
+    values: list[float | None],
+    ses: list[float | None],
+    bounds: tuple[float, float] | None = None,
+) -> Band:
+    """The band value ± 2 SE (within `bounds` when given); None where either is missing."""
+    lo: list[float | None] = []
+    hi: list[float | None] = []
+    for v, se in zip(values, ses, strict=True):
+        if v is None or se is None:
+            lo.append(None)
+            hi.append(None)
+            continue
+        a, b = v - 2 * se, v + 2 * se
+        if bounds is not None:
+            a, b = max(a, bounds[0]), min(b, bounds[1])
+        lo.append(a)
+        hi.append(b)
+    return label, lo, hi
+
+
+def _evaluation_plots(
+    stats: list[RoundSummary], kind: str, initial: dict[str, float | None]
+) -> list[Any]:
+    """The held-out evaluation per round, the initial policy at round -1 when it has the
+    figure: win rate with its ±2 SE band and the LC win rate, or judge score with its band;
+    accuracy for accuracy runs and beside the others when some is stored."""
+    rounds = [st.to_dict() for st in stats]
+
+    def over_rounds(*names: str) -> tuple[list[int], dict[str, list[float | None]]]:
+        xs, rows = [st.index for st in stats], rounds
+        if any(initial.get(name) is not None for name in names):
+            xs, rows = [INITIAL_ROUND_INDEX, *xs], [initial, *rounds]
+        return xs, {name: [row.get(name) for row in rows] for name in names}
+
+    plots = []
+    if kind == "win_rate":
+        xs, ys = over_rounds("win_rate", "win_rate_se", "win_rate_lc")
+        band = _se_band("win rate ± 2 SE", ys["win_rate"], ys["win_rate_se"], (0.0, 1.0))
+        plots.append(
+            line_chart(
+                "held-out win rate ± 2 SE (round -1: initial policy)",
+                xs,
+                {"win rate": ys["win_rate"], "LC win rate": ys["win_rate_lc"]},
+                bands={"win rate": band},
+            )
+        )
+    elif kind == "judge_score":
+        xs, ys = over_rounds("judge_score", "judge_score_se")
+        band = _se_band("judge score ± 2 SE", ys["judge_score"], ys["judge_score_se"])
+        plots.append(
+            line_chart(
+                "held-out judge score ± 2 SE (round -1: initial policy)",
+                xs,
+                {"judge score": ys["judge_score"]},
+                bands={"judge score": band},
+            )
+        )
+    xs, ys = over_rounds("heldout_accuracy")
+    if kind == "accuracy" or any(a is not None for a in ys["heldout_accuracy"]):
+        title = "held-out accuracy (round -1: initial policy)"
+        plots.append(line_chart(title, xs, {"accuracy": ys["heldout_accuracy"]}))
+    return plots
+
+
+def _run_plots(stats: list[RoundSummary], kind: str, initial: dict[str, float | None]) -> list[Any]:
     xs = [st.index for st in stats]
-    acc_xs, accs = xs, [st.heldout_accuracy for st in stats]
-    if initial is not None:
-        acc_xs, accs = [-1, *xs], [initial, *accs]
     plots = [
-        line_chart("held-out accuracy (round -1: initial policy)", acc_xs, {"accuracy": accs}),
+        *_evaluation_plots(stats, kind, initial),
         line_chart(
             "mean judge score",
             xs,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
 
 from markupsafe import Markup
@@ -22,14 +22,25 @@ def _label(v: float) -> str:
     return f"{v:.0f}" if abs(v) >= 100 or float(v).is_integer() else f"{v:.3g}"
 
 
+Band = tuple[str, Sequence[float | None], Sequence[float | None]]
+"""A shaded band: its label (the tooltip, "win rate ± 2 SE"), then its low and high bounds."""
+
+
 def line_chart(
     title: str,
     xs: Sequence[float],
     series: dict[str, Sequence[float | None]],
     x_label: str = "round",
+    bands: dict[str, Band] | None = None,
 ) -> Markup:
-    """A line chart of each named series over `xs` (None: no point); an empty note if no data."""
+    """A line chart of each named series over `xs` (None: no point); an empty note if no data.
+
+    `bands` maps a series' name to its band (label, low and high bounds over `xs`), shaded in
+    the series' colour under the lines (a bar where an x with both bounds has no neighbour
+    with both; None: no band at that x)."""
+    bands = bands or {}
     points = [v for ys in series.values() for v in ys if v is not None]
+    points += [v for _, lo, hi in bands.values() for v in (*lo, *hi) if v is not None]
     head = (
         f'<svg class="chart" role="img" aria-label="{escape(title)}" viewBox="0 0 {W} {H}" '
         f'width="{W}" height="{H}" xmlns="http://www.w3.org/2000/svg">'
@@ -72,8 +83,11 @@ def line_chart(
     parts.append(
         f'<text x="{LEFT + pw / 2}" y="{H - 4}" text-anchor="middle" class="tick">{escape(x_label)}</text>'
     )
+    colors = {name: COLORS[i % len(COLORS)] for i, name in enumerate(series)}
+    for name, (label, lo, hi) in bands.items():
+        parts.extend(_band(label, colors[name], xs, lo, hi, px, py))
     for i, (name, ys) in enumerate(series.items()):
-        color = COLORS[i % len(COLORS)]
+        color = colors[name]
         pts = [(px(x), py(y), x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
         if len(pts) > 1:
             path = " ".join(f"{a:.1f},{b:.1f}" for a, b, _, _ in pts)
@@ -93,3 +107,40 @@ def line_chart(
             )
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def _band(
+    label: str,
+    color: str,
+    xs: Sequence[float],
+    lo: Sequence[float | None],
+    hi: Sequence[float | None],
+    px: Callable[[float], float],
+    py: Callable[[float], float],
+) -> list[str]:
+    """The shaded band between `lo` and `hi`: a polygon per run of consecutive xs that have
+    both bounds, a bar where such a run is a single x."""
+    runs: list[list[tuple[float, float, float]]] = [[]]
+    for x, a, b in zip(xs, lo, hi, strict=True):
+        if a is None or b is None:
+            runs.append([])
+        else:
+            runs[-1].append((x, a, b))
+    title = f"<title>{escape(label)}</title>"
+    parts = []
+    for run in filter(None, runs):
+        if len(run) == 1:
+            ((x, a, b),) = run
+            parts.append(
+                f'<line x1="{px(x):.1f}" y1="{py(a):.1f}" x2="{px(x):.1f}" y2="{py(b):.1f}" '
+                f'class="band" stroke="{color}" stroke-opacity="0.25" stroke-width="8">'
+                f"{title}</line>"
+            )
+            continue
+        upper = [f"{px(x):.1f},{py(b):.1f}" for x, _, b in run]
+        lower = [f"{px(x):.1f},{py(a):.1f}" for x, a, _ in reversed(run)]
+        parts.append(
+            f'<polygon points="{" ".join(upper + lower)}" class="band" fill="{color}" '
+            f'fill-opacity="0.2" stroke="none">{title}</polygon>'
+        )
+    return parts

@@ -184,3 +184,124 @@ def test_a_conversation_prompt_renders_its_turns_escaped(conversation_url):
     assert "<digits>" not in conversation[0]
     plain = [page for page in html.values() if 'class="conversation"' not in page]
     assert all('<pre id="prompt">' in page for page in plain)
+
+
+def chart(html: str, title: str) -> str:
+    """The inline SVG chart whose aria-label starts with `title`."""
+    return re.search(
+        rf'<svg class="chart" role="img" aria-label="{re.escape(title)}.*?</svg>', html, re.S
+    ).group(0)
+
+
+def point(svg: str, series: str, x: int) -> tuple[float, float]:
+    """The (cx, cy) of a series' point at round x (its tooltip is "series @ x: value")."""
+    found = re.search(rf'<circle cx="([\d.]+)" cy="([\d.]+)"[^>]*><title>{series} @ {x}:', svg)
+    return float(found.group(1)), float(found.group(2))
+
+
+def test_a_win_rate_run_plots_its_win_rate_with_a_2_se_band_and_the_lc_line(win_rate_url):
+    with TestClient(create_app(win_rate_url)) as c:
+        runs, run = c.get("/").text, c.get("/runs/1").text
+    assert '<td class="num">0.700 (win rate)</td>' in runs
+    assert 'id="initial">initial policy: held-out win rate 0.500 (LC 0.500)<' in run
+    # The win-rate plot takes the accuracy plot's place: no held-out prompt has an answer.
+    assert run.count("<svg") == 6 and 'aria-label="held-out accuracy' not in run
+    svg = chart(run, "held-out win rate ± 2 SE")
+    titles = re.findall(r"<circle [^>]*><title>([^<]*)</title>", svg)
+    assert titles == [
+        "win rate @ -1: 0.5",
+        "win rate @ 0: 0.6",
+        "win rate @ 1: 0.7",
+        "LC win rate @ -1: 0.5",
+        "LC win rate @ 0: 0.55",
+        "LC win rate @ 1: 0.62",
+    ]
+    # One band over rounds 0-1 (the initial policy, the baseline itself, has no SE): its
+    # upper edge at 0.6 + 2 × 0.05 and 0.7 + 2 × 0.04, its lower edge back at 0.6 - 0.1, 0.7 - 0.08.
+    (band,) = re.findall(r'<polygon points="([^"]+)" class="band"[^>]*><title>([^<]*)<', svg)
+    assert band[1] == "win rate ± 2 SE"
+    corners = [tuple(map(float, p.split(","))) for p in band[0].split()]
+    (x0, y0), (x1, y1) = point(svg, "win rate", 0), point(svg, "win rate", 1)
+    assert [x for x, _ in corners] == [x0, x1, x1, x0]
+    # y grows downwards; the plot's scale is linear in the value.
+    scale = (point(svg, "win rate", -1)[1] - y0) / 0.1  # pixels per unit of win rate
+    expected = [y0 - 0.1 * scale, y1 - 0.08 * scale, y1 + 0.08 * scale, y0 + 0.1 * scale]
+    assert [y for _, y in corners] == pytest.approx(expected, abs=0.2)
+    assert round_row(run, 0)[5:7] == ["0.600 ± 0.050", "0.550"]
+    assert round_row(run, 1)[5:7] == ["0.700 ± 0.040", "0.620"]
+
+
+def test_a_win_rate_rounds_page_shows_its_evaluation_figures(win_rate_url):
+    with TestClient(create_app(win_rate_url)) as c:
+        page = c.get("/runs/1/rounds/0").text
+
+    def cell(row_id: str) -> str:
+        return re.search(
+            rf'<tr id="{row_id}"><th>[^<]*</th><td class="num">(.*?)</td>', page
+        ).group(1)
+
+    assert cell("win-rate") == "0.600 ± 0.050"
+    assert cell("win-rate-lc") == "0.550"
+    assert cell("win-rate-n") == "40 (1)"  # 40 comparisons, 1 failed
+    assert cell("win-rate-ties") == "12%"
+    assert cell("mean-chars") == "812.0 / 640.5"
+    assert cell("length-coefficient") == "0.300"
+    assert 'id="judge-score"' not in page
+    assert "held-out accuracy" not in page  # no held-out prompt has an answer
+
+
+def test_a_round_whose_every_comparison_failed_says_so(win_rate_url):
+    from db.engine import make_engine
+    from db.models import Metric
+
+    engine = make_engine(win_rate_url)
+    with engine.begin() as conn:  # what the evaluation stores when no comparison succeeds
+        conn.execute(delete(Metric).where(Metric.stage == "eval"))
+        conn.execute(
+            Metric.__table__.insert().values(
+                run_id=1, round_index=0, stage="eval", step=0, name="win_rate_failed", value=40.0
+            )
+        )
+    engine.dispose()
+    with TestClient(create_app(win_rate_url)) as c:
+        page, run = c.get("/runs/1/rounds/0").text, c.get("/runs/1").text
+    assert re.search(r'<tr id="win-rate">.*?n/a \(every comparison failed\)</td>', page)
+    assert re.search(r'<tr id="win-rate-n"><th>[^<]*</th><td class="num">0 \(40\)<', page)
+    assert 'aria-label="held-out win rate' in run  # still a win-rate run, plotted empty
+
+
+def test_a_judge_score_run_plots_the_score_with_its_band_and_the_round_page_shows_it(
+    judge_score_url,
+):
+    with TestClient(create_app(judge_score_url)) as c:
+        run, rnd = c.get("/runs/1").text, c.get("/runs/1/rounds/1").text
+    assert 'id="initial">initial policy: held-out judge score 0.500 ± 0.030<' in run
+    svg = chart(run, "held-out judge score ± 2 SE")
+    assert len(re.findall(r"<circle [^>]*><title>judge score @", svg)) == 3
+    (band,) = re.findall(r'<polygon points="([^"]+)" class="band"', svg)
+    assert len(band.split()) == 6  # the initial policy has an SE too: rounds -1, 0, 1
+    assert round_row(run, 1)[5] == "0.720 ± 0.020"
+    assert re.search(r'<tr id="judge-score"><th>[^<]*</th><td class="num">0.720 ± 0.020<', rnd)
+    assert re.search(r'<tr id="judge-score-n"><th>[^<]*</th><td class="num">40 \(0\)<', rnd)
+    assert 'id="win-rate"' not in rnd
+
+
+def test_an_accuracy_run_keeps_its_accuracy_plot_and_figures(client):
+    run = client.get("/runs/1").text
+    assert 'id="initial">initial policy: held-out accuracy 0.250<' in run
+    assert "win rate" not in run and 'class="band"' not in run
+    svg = chart(run, "held-out accuracy")
+    assert len(re.findall(r"<circle ", svg)) == 3  # the initial policy and 2 rounds
+    assert 'id="win-rate"' not in client.get("/runs/1/rounds/0").text
+
+
+def test_line_chart_draws_a_band_per_run_of_bounds_and_scales_to_them():
+    from selfplay.dashboard.svg import line_chart
+
+    band = ("a ± 2 SE", [0.2, 0.3, None, 0.5], [0.4, 0.5, None, 1.5])
+    svg = str(line_chart("t", [0, 1, 2, 3], {"a": [0.3, 0.4, 0.6, 1.0]}, bands={"a": band}))
+    assert svg.count('<polygon points="') == 1  # rounds 0-1
+    # Round 3's bounds have no neighbour with bounds: a bar.
+    assert len(re.findall(r'<line [^>]*class="band"[^>]*><title>a ± 2 SE</title></line>', svg)) == 1
+    assert re.findall(r'class="tick">([^<]*)<', svg)[4] == "1.5"  # the top tick: the band's top
+    assert svg.index('class="band"') < svg.index("<polyline")  # the band under the line
