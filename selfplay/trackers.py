@@ -218,7 +218,9 @@ class Trackers:
         """Send a finished round from the store: its training metrics as `train/<name>` at the
         run's global step (the steps of earlier rounds plus the round's own, counted from 1),
         its figures (db.summaries.RoundSummary) as `round/<field>` and its other stages'
-        metrics as `<stage>/<name>` at step `round_index`."""
+        metrics as `<stage>/<name>` at step `round_index`. Only what was measured is sent: a
+        win-rate run sends `round/win_rate`, `round/win_rate_se`, `round/win_rate_lc` (and
+        `eval/win_rate_n`, `eval/win_rate_tie_share`, …) and no `round/heldout_accuracy`."""
         if not self._live:
             return
         with sessions() as s:

@@ -24,7 +24,7 @@ from selfplay.cli import app
 from selfplay.config import ConfigError, SelfplayConfig, parse_config
 from selfplay.driver import create_store, ensure_run, run_loop
 from selfplay.trackers import Trackers
-from tests.conftest import seed_store
+from tests.conftest import JUDGE_SCORES, WIN_RATES, make_open_ended, seed_store
 from tests.selfplay.stages.conftest import LENGTH_JUDGE, TINY
 
 PASSWORD = "hunter22-secret"
@@ -58,9 +58,14 @@ def _config(tmp_path: Path, report_to: list[str], **logging: object) -> Selfplay
     )
 
 
-def _report_demo(cfg: SelfplayConfig, reporter: Lines | None = None) -> Trackers:
-    """Start the trackers of `cfg` and send them both rounds of the seeded `demo` run."""
+def _report_demo(
+    cfg: SelfplayConfig, reporter: Lines | None = None, metric: str | None = None
+) -> Trackers:
+    """Start the trackers of `cfg` and send them both rounds of the seeded `demo` run (evaluated
+    by `metric`, `make_open_ended`, when given)."""
     run_id = seed_store(cfg.db_url)["run"]
+    if metric is not None:
+        make_open_ended(cfg.db_url, metric)
     engine = make_engine(cfg.db_url)
     trackers = Trackers(cfg.logging, reporter or Lines())
     trackers.start(cfg)
@@ -92,6 +97,28 @@ def test_tensorboard_event_files_hold_train_steps_round_figures_and_the_masked_c
     shown = text.tensor_proto.string_val[0].decode()
     assert PASSWORD not in shown
     assert "http://user:***@judge.example/v1" in shown and '"name": "demo"' in shown
+
+
+@pytest.mark.parametrize(
+    ("metric", "figures"),
+    [
+        ("win_rate", {"win_rate": WIN_RATES, "win_rate_se": WIN_RATES, "win_rate_lc": WIN_RATES}),
+        ("judge_score", {"judge_score": JUDGE_SCORES, "judge_score_se": JUDGE_SCORES}),
+    ],
+)
+def test_tensorboard_gets_each_rounds_open_ended_evaluation(tmp_path, metric, figures):
+    cfg = _config(tmp_path, ["tensorboard"])
+    _report_demo(cfg, metric=metric)
+    logdir = tmp_path / "out" / "trackers" / "tensorboard" / "demo"
+    for name, values in figures.items():
+        expected = [(i, pytest.approx(values[i][name])) for i in (0, 1)]
+        assert _scalars(logdir, f"round/{name}") == expected
+        assert _scalars(logdir, f"eval/{name}") == expected
+    n = f"{metric}_n"
+    assert _scalars(logdir, f"eval/{n}") == [(0, 40.0), (1, 40.0)]  # and the rest of `eval`
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    assert "round/heldout_accuracy" not in events.Tags()["scalars"]  # not measured: not sent
 
 
 def _wandb_records(path: Path) -> Iterator[bytes]:
