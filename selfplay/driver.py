@@ -20,6 +20,7 @@ from db import queries, summaries
 from db.engine import make_engine, session_factory, sqlite_path, transaction
 from db.migrate import upgrade
 from db.models import EXTERNAL_CHECKPOINT_PREFIX, Checkpoint, Round, RoundStatus, Run
+from db.runs import checkpoint_figures
 from selfplay.checkpoints import SFT_ROUND_INDEX, prune_checkpoints
 from selfplay.config import ConfigError, ExecutorConfig, LoggingConfig, SelfplayConfig
 from selfplay.executor import Executor, make_executor
@@ -204,20 +205,6 @@ def round_line(summary: summaries.RoundSummary, metric: str | None = None) -> st
     truncated = f" ({cut} of {summary.responses} responses truncated)" if cut else ""
     evaluation = format_evaluation(metric, summary.to_dict())
     return f"round {summary.index}: {pairs}{truncated}, {evaluation}, {summary.wall_time_s:.1f}s"
-
-
-def checkpoint_figures(session: Session, ckpt: Checkpoint) -> dict[str, float | None]:
-    """A checkpoint's evaluation figures (metrics of stage `eval` at its round index), with
-    its held-out accuracy and, for the initial policy as its own win-rate baseline, 0.5."""
-    figures: dict[str, float | None] = dict(
-        summaries.stage_metrics(session, ckpt.run_id, "eval", ckpt.round_index).get(
-            ckpt.round_index, {}
-        )
-    )
-    figures["heldout_accuracy"] = ckpt.heldout_accuracy
-    if ckpt.round_index == SFT_ROUND_INDEX and "win_rate" not in figures:
-        figures |= {"win_rate": ckpt.heldout_score, "win_rate_lc": ckpt.heldout_score}
-    return figures
 
 
 def create_store(url: str) -> Engine:
