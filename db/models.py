@@ -312,7 +312,23 @@ class EvalResponse(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
-class EvalScore(Base):
+class _EvalJudgment:
+    """The columns an evaluation verdict shares with `judgments`: who judged, its status and
+    trace, and what it cost."""
+
+    judge: Mapped[str] = mapped_column(String(100))
+    repeat: Mapped[int] = mapped_column(default=0)
+    status: Mapped[str] = mapped_column(String(20), doc="ok | failed")
+    critique: Mapped[str | None] = mapped_column(Text)
+    trace: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    latency_s: Mapped[float | None] = mapped_column(Float)
+    tokens: Mapped[int | None]
+    cost: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class EvalScore(_EvalJudgment, Base):
     """A judge's pointwise verdict on an evaluation response (judge score; the win rate of a
     judge without `compare`)."""
 
@@ -325,20 +341,10 @@ class EvalScore(Base):
     response_id: Mapped[int] = mapped_column(
         ForeignKey("eval_responses.id", ondelete="CASCADE"), index=True
     )
-    judge: Mapped[str] = mapped_column(String(100))
-    repeat: Mapped[int] = mapped_column(default=0)
-    status: Mapped[str] = mapped_column(String(20), doc="ok | failed")
     score: Mapped[float | None] = mapped_column(Float)
-    critique: Mapped[str | None] = mapped_column(Text)
-    trace: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    error: Mapped[str | None] = mapped_column(Text)
-    latency_s: Mapped[float | None] = mapped_column(Float)
-    tokens: Mapped[int | None]
-    cost: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
-class EvalComparison(Base):
+class EvalComparison(_EvalJudgment, Base):
     """A pairwise judge's comparison of an evaluation response with the baseline's response to
     the same held-out prompt, in both orders: `outcome` = P(response ≻ baseline)."""
 
@@ -356,14 +362,4 @@ class EvalComparison(Base):
     baseline_id: Mapped[int] = mapped_column(
         ForeignKey("eval_responses.id", ondelete="CASCADE"), index=True
     )
-    judge: Mapped[str] = mapped_column(String(100))
-    repeat: Mapped[int] = mapped_column(default=0)
-    status: Mapped[str] = mapped_column(String(20), doc="ok | failed")
     outcome: Mapped[float | None] = mapped_column(Float)
-    critique: Mapped[str | None] = mapped_column(Text)
-    trace: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    error: Mapped[str | None] = mapped_column(Text)
-    latency_s: Mapped[float | None] = mapped_column(Float)
-    tokens: Mapped[int | None]
-    cost: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
