@@ -261,7 +261,8 @@ def symmetric_compare(judge: PairwiseJudge, items: list[PairItem]) -> list[Compa
     P_sym(a ≻ b) = ½ [P(first wins | a, b) + 1 − P(first wins | b, a)].
 
     `trace` records both raw probabilities and `position_flip`: the verdict changes with the
-    order (the first-shown response wins, or loses, both times). A pair whose either order
+    order (the first-shown response wins, or loses, both times); for a judge whose traces say
+    whether an answer came from its cache, `cached`: both orders did. A pair whose either order
     failed is a failed comparison carrying the error.
     """
     swapped = [PairItem(i.prompt, i.second, i.first) for i in items]
@@ -277,12 +278,16 @@ def symmetric_compare(judge: PairwiseJudge, items: list[PairItem]) -> list[Compa
             out.append(Comparison.failure(error or "comparison failed", tokens=tokens, cost=cost))
             continue
         flip = (ab.prob > 0.5) == (ba.prob > 0.5) and ab.prob != 0.5 and ba.prob != 0.5
+        trace = {"p_ab": ab.prob, "p_ba": ba.prob, "position_flip": flip}
+        raw = [t for t in (ab.trace, ba.trace) if t is not None and "cached" in t]
+        if raw:  # a judge with a cache (the api judge): served from it only if both orders were
+            trace["cached"] = len(raw) == 2 and all(t["cached"] for t in raw)
         out.append(
             Comparison(
                 status="ok",
                 prob=0.5 * (ab.prob + 1.0 - ba.prob),
                 critique=ab.critique,
-                trace={"p_ab": ab.prob, "p_ba": ba.prob, "position_flip": flip},
+                trace=trace,
                 latency_s=latency,
                 tokens=tokens,
                 cost=cost,

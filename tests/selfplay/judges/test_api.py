@@ -192,9 +192,10 @@ def test_pairwise_loop_scores_mean_win_probability_against_siblings(server, judg
     assert stats(server)["requests"] == 6
     right, wrong1, wrong2, lonely = verdicts
     assert right.score == 1.0 and right.trace["position_flips"] == 0
+    # Both orders of each comparison were asked now (no cache): not served from a cache.
     assert right.trace["comparisons"] == [
-        {"p_ab": 1.0, "p_ba": 0.0, "position_flip": False},
-        {"p_ab": 1.0, "p_ba": 0.0, "position_flip": False},
+        {"p_ab": 1.0, "p_ba": 0.0, "position_flip": False, "cached": False},
+        {"p_ab": 1.0, "p_ba": 0.0, "position_flip": False, "cached": False},
     ]
     # The two wrong answers tie; the server gives a tie to the first-shown: a position flip.
     for v in (wrong1, wrong2):
