@@ -200,7 +200,8 @@ def test_pairwise_loop_scores_mean_win_probability_against_siblings(server, judg
     # The two wrong answers tie; the server gives a tie to the first-shown: a position flip.
     for v in (wrong1, wrong2):
         assert v.score == pytest.approx(0.25) and v.trace["position_flips"] == 1
-        assert {"p_ab": 1.0, "p_ba": 1.0, "position_flip": True} in v.trace["comparisons"]
+        flipped = {"p_ab": 1.0, "p_ba": 1.0, "position_flip": True, "cached": False}
+        assert flipped in v.trace["comparisons"]
     assert lonely.status == "failed" and "no siblings" in lonely.error
     # Each request is charged to one verdict only: the verdicts sum to the six calls.
     fresh = judges(server, cache=False)
