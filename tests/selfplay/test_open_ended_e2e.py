@@ -442,12 +442,6 @@ def test_an_api_judges_evaluation_is_costed_then_served_from_its_cache(api_runs)
     assert api_runs["cache_cost"] >= sum(c.cost for c in first)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="symmetric_compare (selfplay/judges/base.py) keeps only p_ab, p_ba and "
-    "position_flip in a comparison's trace: the api judge's per-order traces, with "
-    "`cached`, are dropped, so an evaluation row cannot say it was served from the cache",
-)
 def test_a_cached_evaluation_comparison_says_so_in_its_trace(api_runs):
     assert all(c.trace.get("cached") for c in api_runs["rows"]["second"])
     assert not any(c.trace.get("cached") for c in api_runs["rows"]["first"])
