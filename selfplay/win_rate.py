@@ -12,6 +12,11 @@ The win rate is the mean outcome. The length-controlled win rate fits the paper'
 and reports the prediction with the length term at zero, σ(θ). The paper's third term, an
 instruction-difficulty effect shared across models, needs many models fit jointly; with one
 policy against one baseline it is not identifiable and drops out.
+
+LC is a prediction at Δlen = 0; when every prompt's length difference has the same sign (the
+policy is longer, or shorter, on all of them) no prompt shows what the judge does without a
+length gap, the fit extrapolates the curve beyond its data (a policy longer by a near-constant
+amount gets any LC the noise of the differences implies), and LC is not reported (None).
 """
 
 from __future__ import annotations
@@ -34,15 +39,16 @@ class WinRate:
     win_rate: float
     win_rate_se: float
     """Standard error of the mean outcome (sample sd / √n; 0 for n = 1)."""
-    win_rate_lc: float
-    """Length-controlled win rate σ(θ)."""
+    win_rate_lc: float | None
+    """Length-controlled win rate σ(θ); None when every length difference has one sign."""
     n: int
     tie_share: float
     """Share of outcomes exactly 0.5."""
     policy_mean_length: float
     baseline_mean_length: float
-    length_coefficient: float
-    """φ, the fitted weight of the length term (0 when lengths never differ)."""
+    length_coefficient: float | None
+    """φ, the fitted weight of the length term (0 when lengths never differ; None when LC is
+    not reported)."""
 
 
 def _sigmoid(z: float) -> float:
@@ -107,7 +113,8 @@ def win_rate(
 
     Raises ValueError for no outcomes or sequences of different lengths. When the length
     differences do not vary (sd 0, or one prompt) the length term is 0 and LC = σ(logit of
-    the win rate); a win rate of 0 or 1 is its own LC.
+    the win rate); a win rate of 0 or 1 is its own LC. When every difference is positive, or
+    every one negative, LC and φ are None (module docstring).
     """
     n = len(outcomes)
     if n == 0:
@@ -122,7 +129,11 @@ def win_rate(
     deltas = [a - b for a, b in zip(policy_lengths, baseline_lengths, strict=True)]
     delta_mean = sum(deltas) / n
     sd = math.sqrt(sum((d - delta_mean) ** 2 for d in deltas) / (n - 1)) if n > 1 else 0.0
-    if mean in (0.0, 1.0):
+    lc: float | None
+    phi: float | None
+    if min(deltas) > 0 or max(deltas) < 0:
+        lc, phi = None, None
+    elif mean in (0.0, 1.0):
         lc, phi = mean, 0.0
     elif sd == 0.0:
         lc, phi = mean, 0.0

@@ -312,8 +312,8 @@ def _pointwise_outcome(mine: float, theirs: float) -> float:
 
 def win_rate_figures(ctx: Context, checkpoint_id: int, baseline_id: int) -> dict[str, float]:
     """Judge the checkpoint's evaluation responses against the baseline's (what is missing)
-    and return the win-rate figures stored as metrics of stage `eval` (empty when no
-    comparison succeeded)."""
+    and return the win-rate figures stored as metrics of stage `eval` (only the failure count
+    when no comparison succeeded; no LC when every length difference has one sign)."""
     judge = evaluation_judge(ctx)
     pairwise = isinstance(judge, PairwiseJudge)
     if pairwise:
@@ -343,7 +343,7 @@ def win_rate_figures(ctx: Context, checkpoint_id: int, baseline_id: int) -> dict
         [len(mine[i].text) for i in ok],
         [len(theirs[i].text) for i in ok],
     )
-    return {
+    figures = {
         "win_rate": wr.win_rate,
         "win_rate_se": wr.win_rate_se,
         "win_rate_lc": wr.win_rate_lc,
@@ -354,6 +354,7 @@ def win_rate_figures(ctx: Context, checkpoint_id: int, baseline_id: int) -> dict
         "eval_mean_chars": wr.policy_mean_length,
         "baseline_mean_chars": wr.baseline_mean_length,
     }
+    return {name: value for name, value in figures.items() if value is not None}
 
 
 def judge_score_figures(ctx: Context, checkpoint_id: int) -> dict[str, float]:

@@ -70,6 +70,18 @@ def test_separation_is_deterministic_and_finite():
     assert win_rate([0.0, 0.0], [1, 9], [5, 5]).win_rate_lc == 0.0
 
 
+def test_no_lc_when_the_policy_is_longer_on_every_prompt():
+    # A policy 3–5 characters longer everywhere: no prompt shows the judge without a length
+    # gap, and the fit would extrapolate (LC ≈ 0.99 at a raw 0.4 on such data): not reported.
+    outcomes = [1.0, 0.0, 0.0, 1.0, 0.0]
+    got = win_rate(outcomes, [8, 9, 7, 8, 9], [4, 5, 4, 3, 5])
+    assert got.win_rate == pytest.approx(0.4) and got.win_rate_se > 0
+    assert got.win_rate_lc is None and got.length_coefficient is None
+    assert win_rate([1.0, 0.0], [1, 2], [5, 5]).win_rate_lc is None  # shorter everywhere
+    # One prompt without a gap is enough to anchor the prediction at Δlen = 0.
+    assert win_rate([1.0, 0.0, 0.5], [8, 9, 4], [4, 5, 4]).win_rate_lc is not None
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="at least one"):
         win_rate([], [], [])
