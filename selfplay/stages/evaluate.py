@@ -411,6 +411,7 @@ def evaluate_checkpoint(ctx: Context, checkpoint_id: int, round_index: int) -> f
     values: dict[str, float] = {}
     if all(p.answer is not None for p in prompts):
         values["heldout_accuracy"] = _store_accuracy(ctx, ckpt, round_index)
+    figures: dict[str, float] = {}
     if metric in ("win_rate", "win_rate_lc"):
         baseline_id = _baseline(ctx)
         if baseline_id == checkpoint_id:
@@ -418,17 +419,13 @@ def evaluate_checkpoint(ctx: Context, checkpoint_id: int, round_index: int) -> f
         else:
             sample_eval_responses(ctx, checkpoint_id, round_index, ckpt.path)
             figures = win_rate_figures(ctx, checkpoint_id, baseline_id)
-            with transaction(ctx.sessions) as s:
-                rows = metric_rows(ctx.run_id, round_index, "eval", 0, figures)
-                queries.insert_ignore(s, Metric, rows)
-            values |= figures
     elif metric == "judge_score":
         sample_eval_responses(ctx, checkpoint_id, round_index, ckpt.path)
         figures = judge_score_figures(ctx, checkpoint_id)
+    if figures:
         with transaction(ctx.sessions) as s:
-            queries.insert_ignore(
-                s, Metric, metric_rows(ctx.run_id, round_index, "eval", 0, figures)
-            )
+            rows = metric_rows(ctx.run_id, round_index, "eval", 0, figures)
+            queries.insert_ignore(s, Metric, rows)
         values |= figures
     metric_column = "heldout_accuracy" if metric == "accuracy" else metric
     score = values.get(metric_column)
