@@ -17,11 +17,14 @@ autocast (float32 master weights, fused AdamW) on a randomly initialised Qwen2-0
 128-token prompts and 384-token responses:
 
     python benchmarks/trainer_throughput.py --gpu [--steps 20] [--batch 32] [--accum 1]
-        [--compile] [--bf16-weights] [--shared] [--head-save-gib G] [--profile FILE]
+        [--compile] [--bf16-weights | --fsdp] [--shared] [--head-save-gib G] [--profile FILE]
         [--peak-tflops T]
 
 --bf16-weights trains bf16 weights with float32 master copies in the optimizer
-(training.bf16_weights) instead of autocast over float32 weights. MFU = model FLOPs per step /
+(training.bf16_weights) instead of autocast over float32 weights. --fsdp trains as one FSDP2
+rank (training.distributed: {strategy: fsdp, nproc: 1}): the model wrapped by the ranks' own
+`selfplay.training.distributed.wrap`, bf16 parameters gathered per layer, float32 gradient
+reduction and masters. MFU = model FLOPs per step /
 step time / the device's dense bf16 peak (by name, or --peak-tflops). Model FLOPs
 (step_flops) count what the step needs, forward + backward as 3 × forward: the blocks' matrix
 work on every fed token, the lm_head only where logits are kept, attention on the (query, key)
@@ -198,6 +201,7 @@ def run_gpu(
     profile: str | None,
     compile_layers: bool,
     bf16_weights: bool,
+    fsdp: bool = False,
 ) -> dict:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -223,6 +227,20 @@ def run_gpu(
 
         compile_them(model)
     n_params = sum(p.numel() for p in model.parameters())
+    distributed = {"strategy": "single"}
+    if fsdp:
+        # One rank of the ranks' own code path: a process group of one, the layers then the
+        # root fully_shard-ed by selfplay.training.distributed.wrap (bf16 parameters gathered,
+        # float32 reduction, float32 masters in the optimizer).
+        import os
+
+        import torch.distributed as dist
+
+        from selfplay.training.distributed import wrap
+
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29517", RANK="0", WORLD_SIZE="1")
+        dist.init_process_group("nccl", device_id=torch.device("cuda", 0))
+        distributed = {"strategy": "fsdp", "nproc": 1}
     rng = random.Random(0)
 
     def seq(k: int) -> list[int]:
@@ -242,7 +260,10 @@ def run_gpu(
         epochs=1,
         shared_prompt=shared,
         bf16_weights=bf16_weights,
+        distributed=distributed,
     )
+    if fsdp:
+        model = wrap(model, tcfg, torch.device("cuda", 0))
     times: list[float] = []
     last = [0.0]
     prof = None
@@ -281,6 +302,7 @@ def run_gpu(
         "shared_prompt": shared,
         "compiled_layers": compile_layers,
         "bf16_weights": bf16_weights,
+        "fsdp": fsdp,
         "head_save_gib": logprobs.HEAD_SAVE_BYTES / 2**30,
         "pairs_per_step": batch * accum,
         "micro_batch": batch,
@@ -319,6 +341,11 @@ def main() -> None:
         "--bf16-weights", action="store_true", help="bf16 weights, float32 masters (not autocast)"
     )
     parser.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="train as one FSDP2 rank (training.distributed fsdp, nproc 1) instead of single",
+    )
+    parser.add_argument(
         "--head-save-gib",
         type=float,
         default=None,
@@ -344,6 +371,7 @@ def main() -> None:
                     args.profile,
                     args.compile,
                     args.bf16_weights,
+                    args.fsdp,
                 )
             )
         )

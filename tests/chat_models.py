@@ -16,6 +16,7 @@ model fits all of them. The policy's head size is 64: vLLM's CPU attention has k
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
@@ -110,9 +111,9 @@ def corpus() -> list[str]:
     return lines + list(_ARITHMETIC)
 
 
-@cache
-def _trained_bpe() -> str:
-    """The trained byte-level BPE as JSON (trained once per process; deterministic)."""
+def train_byte_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """A byte-level BPE of `vocab_size` tokens (the four special tokens first) trained on
+    `texts` with Qwen2's normalizer and pre-tokenizer split; deterministic."""
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -123,20 +124,29 @@ def _trained_bpe() -> str:
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(corpus(), trainer=trainer)
-    return tok.to_str()
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
 
 
-def build_chat_tokenizer(variant: str = "chatml") -> PreTrainedTokenizerFast:
-    """The chat tokenizer of `variant` (one of VARIANTS), with the ChatML `chat_template`."""
+@cache
+def _trained_bpe() -> str:
+    """The corpus's trained byte-level BPE as JSON (trained once per process)."""
+    return train_byte_bpe(corpus(), VOCAB_SIZE).to_str()
+
+
+def build_chat_tokenizer(
+    variant: str = "chatml", bpe: Tokenizer | None = None
+) -> PreTrainedTokenizerFast:
+    """The chat tokenizer of `variant` (one of VARIANTS), with the ChatML `chat_template`,
+    around `bpe` (a `train_byte_bpe` result; default: the one trained on corpus())."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    tok = Tokenizer.from_str(_trained_bpe())
+    tok = Tokenizer.from_str(bpe.to_str() if bpe is not None else _trained_bpe())
     byte_level = processors.ByteLevel(trim_offsets=False)
     if variant == "bos":
         bos_id = tok.token_to_id(BOS)

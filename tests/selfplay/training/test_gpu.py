@@ -74,3 +74,52 @@ def test_bf16_weights_train_like_autocast():
     for a, b in zip(autocast[:10], bf16[:10], strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=0.02, abs=1e-3)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=0.02)
+
+
+def test_one_fsdp_rank_on_the_gpu_trains_like_the_single_device_path(tmp_path):
+    # torchrun, nccl, fully_shard with bf16 parameters and float32 reduction, rank 0's gathered
+    # save in the policy's dtype: the launcher's whole path on one GPU, against the in-process
+    # bf16 autocast path on the same pairs and seed.
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from selfplay.tiny_model import build_tokenizer
+    from selfplay.training.distributed import Job, train_distributed
+
+    config = Qwen2Config(
+        vocab_size=1000,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "policy")
+    build_tokenizer().save_pretrained(tmp_path / "policy")
+    gen = torch.Generator().manual_seed(1)
+
+    def tokens(k: int) -> list[int]:
+        return torch.randint(3, 1000, (k,), generator=gen).tolist()
+
+    pairs = [PairExample(tokens(6), [5, 6, 7], tokens(3), -20.0, -20.0) for _ in range(32)]
+    training = {"lr": 1e-3, "batch_size": 8, "max_steps": 8, "epochs": 2}
+    cfg = TrainingConfig(**training)
+    single: list[dict] = []
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "policy").cuda()
+    train_on_pairs(model, pairs, cfg, 0, 0, on_step=lambda s, m: single.append(m))
+    ranked: list[dict] = []
+    fsdp = TrainingConfig(**training, distributed={"strategy": "fsdp", "nproc": 1})
+    job = Job(str(tmp_path / "policy"), pairs, fsdp, 0, 0, str(tmp_path / "out"), "bfloat16")
+    train_distributed(job, tmp_path / "job", lambda s, m: ranked.append(m))
+    assert len(ranked) == len(single) == 8
+    for a, b in zip(single, ranked, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.03, abs=2e-3)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert saved.dtype == torch.bfloat16
+    initial = AutoModelForCausalLM.from_pretrained(tmp_path / "policy").state_dict()
+    trained = model.state_dict()
+    for name, value in saved.state_dict().items():
+        # The ranks' bf16 parameters and the single path's autocast round differently: the
+        # two trainings moved the weights the same way, not bit for bit.
+        moved = (trained[name].cpu() - initial[name]).norm()
+        assert (value.float() - trained[name].cpu()).norm() < 0.25 * moved, name
