@@ -38,6 +38,7 @@ part() {  # part NAME SECONDS COMMAND...: run it, its output to NAME.log, its ti
 
 part mfu_single 150 python3 benchmarks/trainer_throughput.py --gpu --compile --bf16-weights --steps 15
 part mfu_fsdp 150 python3 benchmarks/trainer_throughput.py --gpu --compile --fsdp --steps 15
-part chat_round 240 python3 benchmarks/chat_round.py --out /tmp/chat-round --json "$out/chat_round.json"
+part chat_round 300 python3 benchmarks/chat_round.py --out /tmp/chat-round --json "$out/chat_round.json" \
+    --prompts 256 --max-new-tokens 256
 part tests 150 python3 -m pytest -q -p no:cacheprovider tests/selfplay/training/test_gpu.py \
     tests/selfplay/test_precision.py

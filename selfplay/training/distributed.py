@@ -151,6 +151,10 @@ def _run_ranks(
     shutil.rmtree(job_dir, ignore_errors=True)
     job_dir.mkdir(parents=True)
     _write_job(data, job_dir / JOB_FILE)
+    # The ranks are other processes: hand them the GPU memory this one's allocator caches but
+    # does not use (the hf backend's growing KV caches left 110 of 139 GiB reserved on an H200
+    # with 18 GiB in use: BENCHMARKS.md, "One chat round on a GPU"). A no-op before CUDA is used.
+    torch.cuda.empty_cache()
     command = [
         sys.executable,
         "-m",

@@ -194,19 +194,40 @@ class TokenLogps(torch.autograd.Function):
         return d_hidden, d_weight
 
 
-def _fused_head(model: PreTrainedModel) -> tuple[torch.nn.Module, Tensor] | None:
-    """(the decoder producing the final hidden states, the lm_head weight) when the model's
-    logits are a plain bias-free projection of them (FUSED_HEAD_MODEL_TYPES); else None, also
-    for a data-parallel model, whose forward must run for its wrapper's hooks (gradient
-    all-reduce, parameter gathers)."""
-    if isinstance(model, (DistributedDataParallel, FSDPModule)):
-        return None
-    if getattr(model.config, "model_type", None) not in FUSED_HEAD_MODEL_TYPES:
-        return None
-    head = model.get_output_embeddings()
-    if type(head) is not torch.nn.Linear or head.bias is not None:
-        return None  # e.g. LoRA on the lm_head: let the model compute its logits
-    return model.get_decoder(), head.weight
+def _fused_head(model: PreTrainedModel) -> bool:
+    """Whether the model's logits are a plain bias-free projection of its final hidden states
+    (FUSED_HEAD_MODEL_TYPES), so that TokenLogps can compute log-probs from them; also through
+    a data-parallel wrapper (DistributedDataParallel, or a model `fully_shard`-ed in place)."""
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    if getattr(inner.config, "model_type", None) not in FUSED_HEAD_MODEL_TYPES:
+        return False
+    head = inner.get_output_embeddings()
+    # e.g. LoRA on the lm_head: let the model compute its logits
+    return type(head) is torch.nn.Linear and head.bias is None
+
+
+def _final_hidden(model: PreTrainedModel, inputs: dict[str, Tensor]) -> Tensor:
+    """The decoder's final hidden states [N, T, H] for `inputs`.
+
+    A data-parallel model's own forward must run, for its wrapper's hooks (DDP's backward
+    preparation; FSDP's parameter gathers and the gradient reduce-scatter they arm): it runs
+    with one position's logits, and a hook on the decoder takes its output. FSDP2 keeps the
+    root module's parameters (embeddings, final norm, lm_head) gathered from its forward to its
+    backward, so the lm_head weight read after it is the gathered one, and its gradient is
+    reduced with the root's.
+    """
+    decoder = model.get_decoder()
+    if not isinstance(model, (DistributedDataParallel, FSDPModule)):
+        return decoder(**inputs, use_cache=False).last_hidden_state
+    captured: list[Tensor] = []
+    handle = decoder.register_forward_hook(
+        lambda _module, _args, out: captured.append(out.last_hidden_state)
+    )
+    try:
+        model(**inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured[0]
 
 
 def _picked_logps(
@@ -222,8 +243,7 @@ def _picked_logps(
     With a fused head only those n hidden states meet the lm_head (TokenLogps); otherwise the
     model computes its logits for the last `keep` positions.
     """
-    fused = _fused_head(model)
-    if fused is None:
+    if not _fused_head(model):
         logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
         picked = logits[rows, cols, targets]
         if logits.dtype in (torch.float32, torch.float64):
@@ -233,8 +253,8 @@ def _picked_logps(
             [torch.logsumexp(x.float(), dim=-1) for x in logits[rows, cols].split(1024)]
         )
         return picked.float() - lse
-    decoder, weight = fused
-    hidden = decoder(**inputs, use_cache=False).last_hidden_state
+    hidden = _final_hidden(model, inputs)
+    weight = model.get_output_embeddings().weight  # after the forward: FSDP's gathered one
     hidden = hidden[:, hidden.shape[1] - keep :][rows, cols]
     if torch.is_autocast_enabled(hidden.device.type):
         dtype = torch.get_autocast_dtype(hidden.device.type)

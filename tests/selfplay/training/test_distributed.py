@@ -4,16 +4,20 @@ then completes."""
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
 from selfplay.config import TinyModelConfig
 from selfplay.tiny_model import build_model, build_tokenizer
 from selfplay.training.config import TrainingConfig
-from selfplay.training.distributed import Job, RankFailure, train_distributed
+from selfplay.training.distributed import Job, RankFailure, train_distributed, wrap
+from selfplay.training.logprobs import build_batch, sequence_logprobs
 from selfplay.training.trainer import PairExample, train_on_pairs
 
 PAD = 0
@@ -135,3 +139,42 @@ def test_a_rank_that_raises_fails_training_with_its_traceback(policy, tmp_path: 
     with pytest.raises(RankFailure, match=r"(?s)rank-0 raised:\nTraceback.*IndexError"):
         run_ranks(policy, beyond_vocab, tmp_path, "fsdp", nproc=1)
     assert not (tmp_path / "checkpoint").exists()
+
+
+@pytest.fixture
+def one_rank_group() -> Iterator[None]:
+    """A gloo process group of this process alone."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_wrapped_model_takes_log_probs_from_its_hidden_states(
+    strategy, policy, pairs, one_rank_group
+):
+    # The wrapper's forward runs (its hooks) with one position's logits, the lm_head meets
+    # only the response tokens' hidden states (TokenLogps), and the values and gradients are
+    # the unwrapped model's.
+    cfg = TrainingConfig(distributed={"strategy": strategy, "nproc": 1})
+    plain = AutoModelForCausalLM.from_pretrained(policy)
+    wrapped = wrap(AutoModelForCausalLM.from_pretrained(policy), cfg, torch.device("cpu"))
+    widths: list[int] = []
+    wrapped.get_output_embeddings().register_forward_hook(
+        lambda _m, _a, out: widths.append(out.shape[1])
+    )
+    batch = build_batch([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs], PAD)
+    values = {}
+    for name, model in (("plain", plain), ("wrapped", wrapped)):
+        out = sequence_logprobs(model, *batch)
+        (out * torch.linspace(-1, 2, len(out))).sum().backward()
+        values[name] = out.detach()
+    assert widths == [1]  # the [N, R, V] logits never existed
+    torch.testing.assert_close(values["wrapped"], values["plain"], rtol=1e-5, atol=1e-5)
+    inner = wrapped.module if strategy == "ddp" else wrapped
+    for (name, a), b in zip(inner.named_parameters(), plain.parameters(), strict=True):
+        grad = a.grad.full_tensor() if strategy == "fsdp" else a.grad
+        torch.testing.assert_close(grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -177,10 +177,10 @@ def test_fused_head_matches_the_models_own_logits(tiny_llama, monkeypatch, group
         return out.detach()
 
     fused, plain = tiny_llama(), tiny_llama()
-    assert logprobs._fused_head(fused) is not None
+    assert logprobs._fused_head(fused)
     got = run(fused)
     monkeypatch.setattr(logprobs, "FUSED_HEAD_MODEL_TYPES", frozenset())
-    assert logprobs._fused_head(plain) is None
+    assert not logprobs._fused_head(plain)
     torch.testing.assert_close(got, run(plain), atol=1e-5, rtol=0)
     for (name, a), b in zip(fused.named_parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
