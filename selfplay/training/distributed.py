@@ -287,9 +287,11 @@ def _save(model: torch.nn.Module, job: Job, rank: int) -> None:
     as the single-device path saves it (`save_trained`: LoRA adapters alone or merged).
 
     The gathered tensors become the weights of an empty frame of the policy (built on the meta
-    device), so rank 0 holds one full copy, not two.
+    device), so rank 0 holds one full copy, not two. The frame takes the policy's own
+    generation config (its EOS ids: an instruct model's may be several, where config.json
+    names one), as `from_pretrained` gives the single path's model.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     model.zero_grad(set_to_none=True)
     state = get_model_state_dict(
@@ -299,6 +301,10 @@ def _save(model: torch.nn.Module, job: Job, rank: int) -> None:
         base = adapter_base(job.policy_path) if is_adapter(job.policy_path) else job.policy_path
         with torch.device("meta"):
             plain = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
+        try:
+            plain.generation_config = GenerationConfig.from_pretrained(base)
+        except OSError:  # none saved: the one derived from config.json, as from_pretrained's
+            pass
         if job.cfg.lora is not None:
             plain = with_lora(plain, job.cfg)
             plain.peft_config["default"].base_model_name_or_path = base

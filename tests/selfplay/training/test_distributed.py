@@ -1,6 +1,6 @@
 """Training over 2 CPU ranks (gloo) under torch.distributed.run: DDP and FSDP2 take the steps one
-rank takes on the same global batches, and a rank that dies fails the training, which a re-run
-then completes."""
+rank takes on the same global batches and save the policy's generation config, and a rank that
+dies fails the training, which a re-run then completes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GenerationConfig
 
 from selfplay.config import TinyModelConfig
 from selfplay.tiny_model import build_model, build_tokenizer
@@ -28,12 +28,14 @@ TRAINING = {"lr": 1e-2, "batch_size": 5, "max_steps": 6, "epochs": 2, "nll_weigh
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A saved random tiny Llama (tied embeddings, 2 layers) with its tokenizer."""
+    """A saved random tiny Llama (tied embeddings, 2 layers) with its tokenizer; its generation
+    config stops at two EOS ids, as Qwen-instruct checkpoints' do (config.json names one)."""
     tok = build_tokenizer()
     torch.manual_seed(0)
     model = build_model(
         TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok
     )
+    model.generation_config.eos_token_id = [tok.eos_token_id, tok.unk_token_id]
     path = tmp_path_factory.mktemp("policy")
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -115,6 +117,9 @@ def test_two_ranks_take_the_steps_of_one(
     # that into weight differences of ~1e-5 of its lr = 1e-2 steps (2e-5 seen).
     for name, value in weights.items():
         torch.testing.assert_close(trained[name], value, rtol=1e-4, atol=1e-4)
+    saved = GenerationConfig.from_pretrained(tmp_path / "checkpoint")
+    assert saved.eos_token_id == [2, 3]
+    assert saved.to_dict() == GenerationConfig.from_pretrained(policy).to_dict()
     assert not (tmp_path / "job").exists()  # removed on success
 
 
