@@ -29,12 +29,14 @@ from db.models import (
     Round,
     RoundStatus,
 )
-from selfplay.config import SelfplayConfig
+from selfplay.config import ConfigError, SelfplayConfig
 from selfplay.driver import create_store, ensure_run
+from selfplay.model_source import check_model_sources
 from selfplay.progress import Reporter, SilentReporter
-from selfplay.stages import Context
+from selfplay.stages import Context, Engines
 from selfplay.stages.judge import judge_round, store_judge_eval
 from selfplay.stages.pair import pair_round
+from selfplay.tasks import TaskDataError, make_task
 from selfplay.tasks.base import Prompt as TaskPrompt
 from selfplay.tasks.jsonl import parse_prompt_line
 
@@ -242,19 +244,30 @@ def label_file(
     `cfg.judge` (the loop's judge stage); with `pairs`, build pairs with `cfg.pairing`.
 
     Resumable: a second call stores and judges only what is missing. Raises LabelDataError
-    for a bad line (nothing is stored then) or a run that holds other data, and ConfigError
-    for a run that exists with a different config.
+    for a bad line or a run that holds other data, and ConfigError for unusable task data, a
+    judge's model that cannot be found, a judge whose factory raises, or a run that exists
+    with a different config. What the file, the task and the judge need is checked before
+    the run's row is written, as `selfplay run` checks it.
     """
     reporter = reporter or SilentReporter()
     items = read_items(path)
+    try:  # the task's data (what the verifier checks against) before anything is written
+        task = make_task(cfg.task, cfg.run.seed)
+    except TaskDataError as err:
+        raise ConfigError(str(err)) from None
+    # The judge's models only: the responses come from the file, the policy is never loaded.
+    check_model_sources(
+        cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": None})})
+    )
     engine = create_store(cfg.db_url)
     sessions = session_factory(engine)
-    ctx = None
+    engines = Engines(cfg, sessions, task)
     try:
+        engines.build_judge()  # a factory that raises fails before the run row is written
         run_id = ensure_run(sessions, cfg)
         round_id = ensure_external_round(sessions, run_id, str(path.resolve()))
         stored_now = store_items(sessions, round_id, items)
-        ctx = Context(cfg, sessions, run_id, reporter)
+        ctx = Context(cfg, sessions, run_id, reporter, engines)
         judgments = (
             select(Judgment.id)
             .join(Response, Response.id == Judgment.response_id)
@@ -284,7 +297,6 @@ def label_file(
                 pairs=_count(s, select(Pair.id).where(Pair.round_id == round_id)),
             )
     finally:
-        if ctx is not None:
-            ctx.close()
+        engines.close()
         engine.dispose()
     return result

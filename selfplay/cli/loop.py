@@ -50,7 +50,6 @@ def judge(
     """Label a JSONL of prompts and responses with the config's judge, into the store
     (resumable: run it again and it judges only what is missing)."""
     from selfplay.labeling import LabelDataError, label_file
-    from selfplay.tasks import TaskDataError
 
     cfg = config_or_exit(config)
     if run_name is not None:
@@ -59,10 +58,8 @@ def judge(
     err.print(f"run [bold]{cfg.run.name}[/]: store {mask_url(cfg.db_url)}", highlight=False)
     try:
         result = label_file(cfg, data, pairs=pairs, reporter=RichReporter(out))
-    except ConfigError as e:
+    except (ConfigError, LabelDataError) as e:  # the config, the file or --run: the user's
         raise fail(str(e), 2) from None
-    except (LabelDataError, TaskDataError) as e:
-        raise fail(str(e), 1) from None
     out.print(
         f"{result.prompts} prompts, {result.responses} responses ({result.stored_now} new); "
         f"judged {result.judged_now} now, {result.failed} failed in all"

@@ -150,7 +150,7 @@ def test_a_bad_line_is_named_and_nothing_stored_is_lost(tmp_path, db_url):
         # Lines 1–4 are the good ones (already stored); the file grows by a good and a bad line.
         grown = write_jsonl(tmp_path / "data.jsonl", [*LINES, LINES[0], bad])
         result = runner.invoke(app, ["judge", str(config), str(grown)])
-        assert result.exit_code == 1, result.output
+        assert result.exit_code == 2, result.output
         assert f"line 6: {problem}" in flat(result.output), result.output
         assert "Traceback" not in result.output
         assert counts(db_url) == stored  # the whole file is checked before anything is stored
@@ -162,6 +162,65 @@ def test_a_bad_line_is_named_and_nothing_stored_is_lost(tmp_path, db_url):
     assert "4 prompts, 7 responses (1 new); judged 1 now" in flat(result.output)
 
 
+def _one_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.startswith("error")]
+    assert len(lines) == 1 and "Traceback" not in output, output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("sections", "problem", "store_created"),
+    [
+        (
+            {"judge": {"name": "reward_model", "reward_model": {"path": "/no/such/rm"}}},
+            "error: judge.reward_model.path: /no/such/rm: no such directory",
+            False,
+        ),
+        (
+            {"task": {"name": "jsonl", "path": "/no/such/prompts.jsonl"}},
+            "error: cannot read /no/such/prompts.jsonl: [Errno 2] No such file or directory: "
+            "'/no/such/prompts.jsonl'",
+            False,
+        ),
+        (  # a judge is built on the store's sessions: the store exists, its run row not
+            {"judge": {"name": "exploding_judge:Exploding"}},
+            "error: judge.name: the factory of judge 'exploding_judge:Exploding' raised "
+            "RuntimeError: cannot reach my model",
+            True,
+        ),
+    ],
+)
+def test_a_bad_judge_or_task_exits_2_before_the_run_is_written(
+    tmp_path, monkeypatch, sections, problem, store_created
+):
+    (tmp_path / "exploding_judge.py").write_text(
+        "class Exploding:\n"
+        "    def __init__(self, cfg, env):\n"
+        "        raise RuntimeError('cannot reach my model')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store = tmp_path / "out" / "selfplay.db"
+    config = write_config(tmp_path, f"sqlite:///{store}", **sections)
+    data = write_jsonl(tmp_path / "data.jsonl", LINES)
+    result = runner.invoke(app, ["judge", str(config), str(data)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert _one_error_line(result.output) == problem
+    assert store.exists() == store_created
+    if store_created:  # fixing the judge then runs, not "a changed config"
+        assert counts(f"sqlite:///{store}")["runs"] == 0
+
+
+def test_a_malformed_line_exits_2_with_one_line_before_the_store_is_created(tmp_path):
+    store = tmp_path / "out" / "selfplay.db"
+    config = write_config(tmp_path, f"sqlite:///{store}")
+    data = write_jsonl(tmp_path / "data.jsonl", [LINES[0], '{"prompt": "Q:3+3="'])
+    result = runner.invoke(app, ["judge", str(config), str(data)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result.output)
+    assert line.startswith(f"error: {data}, line 2: invalid JSON")
+    assert not store.exists()
+
+
 def test_a_changed_line_or_a_loop_run_is_refused(tmp_path, db_url):
     config = write_config(tmp_path, db_url)
     data = write_jsonl(tmp_path / "data.jsonl", LINES)
@@ -169,7 +228,7 @@ def test_a_changed_line_or_a_loop_run_is_refused(tmp_path, db_url):
     changed = [LINES[0], {**LINES[1], "responses": ["A:6", "A:7", "x"]}]
     write_jsonl(data, changed)
     result = runner.invoke(app, ["judge", str(config), str(data)])
-    assert result.exit_code == 1 and "line 2: response 1 differs" in flat(result.output)
+    assert result.exit_code == 2 and "line 2: response 1 differs" in flat(result.output)
 
     engine = make_engine(db_url)
     upgrade(engine)
@@ -180,10 +239,10 @@ def test_a_changed_line_or_a_loop_run_is_refused(tmp_path, db_url):
         s.add(Checkpoint(run_id=run.id, round_index=-1, path="/ckpt/sft"))
     engine.dispose()
     result = runner.invoke(app, ["judge", str(config), str(data), "--run", "loop"])
-    assert result.exit_code == 1 and "run holds a loop run" in flat(result.output)
+    assert result.exit_code == 2 and "run holds a loop run" in flat(result.output)
     other = write_jsonl(tmp_path / "other.jsonl", LINES)
     result = runner.invoke(app, ["judge", str(config), str(other)])
-    assert result.exit_code == 1 and "label this file under another run" in flat(result.output)
+    assert result.exit_code == 2 and "label this file under another run" in flat(result.output)
 
 
 COUNTING_JUDGE = '''
