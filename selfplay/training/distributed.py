@@ -147,7 +147,9 @@ def _run_ranks(
     data: dict, nproc: int, job_dir: Path, output: str, deliver: Callable[[dict], None]
 ) -> None:
     """Launch `nproc` ranks on the job `data` (written to `job_dir`), `deliver` each record
-    rank 0 appends to `job_dir / output` as it comes, and raise RankFailure if a rank fails."""
+    rank 0 appends to `job_dir / output` as it comes, and raise RankFailure if a rank fails
+    (before any is launched when this node has fewer GPUs than ranks)."""
+    _check_gpus(nproc)
     shutil.rmtree(job_dir, ignore_errors=True)
     job_dir.mkdir(parents=True)
     _write_job(data, job_dir / JOB_FILE)
@@ -184,6 +186,21 @@ def _run_ranks(
     if launcher.returncode != 0:
         raise RankFailure(_failure(job_dir, data["kind"], launcher.returncode))
     shutil.rmtree(job_dir)
+
+
+def _check_gpus(nproc: int) -> None:
+    """Raise RankFailure when CUDA is available and `nproc` ranks, one per GPU, need more GPUs
+    than are visible (rank k >= the count would fail at `torch.cuda.set_device`, "invalid
+    device ordinal", on every re-run)."""
+    if not torch.cuda.is_available() or nproc <= torch.cuda.device_count():
+        return
+    gpus = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    shown = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+    raise RankFailure(
+        f"training.distributed.nproc is {nproc} but this node has {gpus} visible GPU(s){shown};"
+        f" each rank needs its own GPU: set nproc to at most {gpus}"
+    )
 
 
 def _write_job(data: dict, path: Path) -> None:

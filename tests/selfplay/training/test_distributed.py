@@ -1,6 +1,7 @@
 """Training over 2 CPU ranks (gloo) under torch.distributed.run: DDP and FSDP2 take the steps one
 rank takes on the same global batches and save the policy's generation config, and a rank that
-dies fails the training, which a re-run then completes."""
+dies fails the training, which a re-run then completes; more ranks than GPUs fail before any is
+launched."""
 
 from __future__ import annotations
 
@@ -144,6 +145,24 @@ def test_a_rank_that_raises_fails_training_with_its_traceback(policy, tmp_path: 
     with pytest.raises(RankFailure, match=r"(?s)rank-0 raised:\nTraceback.*IndexError"):
         run_ranks(policy, beyond_vocab, tmp_path, "fsdp", nproc=1)
     assert not (tmp_path / "checkpoint").exists()
+
+
+def test_more_ranks_than_gpus_fail_before_any_rank_is_launched(
+    policy, pairs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,3")
+    with pytest.raises(
+        RankFailure,
+        match=r"^training.distributed.nproc is 4 but this node has 2 visible GPU\(s\) "
+        r"\(CUDA_VISIBLE_DEVICES=0,3\); .* at most 2$",
+    ):
+        run_ranks(policy, pairs, tmp_path, "ddp", nproc=4)
+    assert not (tmp_path / "job").exists()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    with pytest.raises(RankFailure, match=r"nproc is 3 but this node has 2 visible GPU\(s\);"):
+        run_ranks(policy, pairs, tmp_path, "fsdp", nproc=3)
 
 
 @pytest.fixture
