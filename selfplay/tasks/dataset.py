@@ -35,22 +35,51 @@ def _saved_kind(path: Path) -> str | None:
     return None
 
 
+def _read_metadata(path: Path, name: str) -> dict[str, Any]:
+    """The JSON object save_to_disk wrote in `path/name`; raises TaskDataError naming the file
+    and the problem."""
+    try:
+        value = json.loads((path / name).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise TaskDataError(f"dataset {path}: cannot read {name}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise TaskDataError(f"dataset {path}: cannot read {name}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise TaskDataError(
+            f"dataset {path}: {name}: invalid JSON: {err.msg} (line {err.lineno}, column "
+            f"{err.colno})"
+        ) from None
+    if not isinstance(value, dict):
+        raise TaskDataError(
+            f"dataset {path}: {name}: expected a JSON object, got {type(value).__name__}"
+        )
+    return value
+
+
 def _load_saved(path: Path, split: str, kind: str) -> datasets.Dataset:
     """The split of a saved DatasetDict, or a saved Dataset whole; raises TaskDataError."""
     import datasets
 
     if kind == "dict":
-        splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        splits = _read_metadata(path, "dataset_dict.json").get("splits")
+        if not isinstance(splits, list) or not all(isinstance(s, str) for s in splits):
+            raise TaskDataError(
+                f"dataset {path}: dataset_dict.json: field 'splits' must be a list of split names"
+            )
         if split not in splits:
             raise TaskDataError(
                 f"dataset {path}: no split {split!r} (task.dataset.split); it has "
                 f"{', '.join(splits)}"
             )
         path = path / split
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    state = _read_metadata(path, "state.json")
+    _read_metadata(path, "dataset_info.json")  # load_from_disk's error would not name it
     if not state.get("_data_files"):  # datasets cannot open a saved dataset of no rows
         raise TaskDataError(f"dataset {path}: no rows")
-    return datasets.load_from_disk(str(path))
+    try:
+        return datasets.load_from_disk(str(path))
+    except Exception as err:  # missing or corrupt Arrow files, state.json fields alike
+        raise TaskDataError(f"dataset {path}: cannot load: {_describe(err)}") from None
 
 
 def _load_builder(cfg: DatasetConfig) -> datasets.Dataset:
@@ -69,22 +98,28 @@ def _load_builder(cfg: DatasetConfig) -> datasets.Dataset:
     except ValueError as err:
         if not str(err).startswith("Unknown split"):
             raise TaskDataError(f"dataset {cfg.path}: cannot load: {_first_line(err)}") from None
-        splits = datasets.get_dataset_split_names(cfg.path, cfg.subset, **where)
-        raise TaskDataError(
-            f"dataset {cfg.path}: no split {cfg.split!r} (task.dataset.split); it has "
-            f"{', '.join(splits)}"
-        ) from None
+        missing = f"dataset {cfg.path}: no split {cfg.split!r} (task.dataset.split)"
+        try:
+            splits = datasets.get_dataset_split_names(cfg.path, cfg.subset, **where)
+        except Exception:  # listing them failed: load_dataset's own message names them
+            raise TaskDataError(f"{missing}: {_first_line(err)}") from None
+        raise TaskDataError(f"{missing}; it has {', '.join(splits)}") from None
     except Exception as err:  # hub, network, builder and file errors alike
         cause = err.__cause__ or err.__context__
-        detail = f"{type(err).__name__}: {_first_line(err)}"
+        detail = _describe(err)
         if cause is not None and str(cause).strip():  # a builder's error wraps the file's
-            detail += f" ({type(cause).__name__}: {_first_line(cause)})"
+            detail += f" ({_describe(cause)})"
         raise TaskDataError(f"dataset {cfg.path}: cannot load: {detail}") from None
 
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else ""
+
+
+def _describe(err: BaseException) -> str:
+    """`Type: first line of the message`: an error in one line."""
+    return f"{type(err).__name__}: {_first_line(err)}"
 
 
 def load_split(cfg: DatasetConfig) -> datasets.Dataset:

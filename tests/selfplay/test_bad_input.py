@@ -182,3 +182,15 @@ def test_a_directory_that_is_no_dataset_exits_2(tmp_path: Path):
         tmp_path, {"name": "dataset", "dataset": {"path": str(tmp_path / "nothing")}}
     )
     assert line.startswith(f"error: dataset {tmp_path / 'nothing'}: a directory that is no dataset")
+
+
+def test_a_saved_dataset_with_a_corrupt_state_json_exits_2_naming_it(tmp_path: Path):
+    datasets = pytest.importorskip("datasets")
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list([{"prompt": "fine"}]).save_to_disk(str(saved))
+    (saved / "state.json").write_text("{")
+    line = _task_error(tmp_path, {"name": "dataset", "dataset": {"path": str(saved)}})
+    assert line == (
+        f"error: dataset {saved}: state.json: invalid JSON: Expecting property name enclosed "
+        "in double quotes (line 1, column 2)"
+    )

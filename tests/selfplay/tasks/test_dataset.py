@@ -200,6 +200,83 @@ def test_unusable_datasets_are_task_data_errors(tmp_path: Path):
         _task(path="./nowhere")
 
 
+def _break(path: Path, name: str, text: str | None) -> None:
+    """Overwrite `path/name` with `text`, or delete it (None)."""
+    if text is None:
+        (path / name).unlink()
+    else:
+        (path / name).write_text(text)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "text", "problem"),
+    [
+        (
+            "dataset",
+            "state.json",
+            "{",
+            "state.json: invalid JSON: Expecting property name enclosed in double quotes "
+            "(line 1, column 2)",
+        ),
+        ("dataset", "state.json", "[1]", "state.json: expected a JSON object, got list"),
+        (
+            "dataset",
+            "dataset_info.json",
+            '{"features": ',
+            "dataset_info.json: invalid JSON: Expecting value (line 1, column 14)",
+        ),
+        ("dataset", "dataset_info.json", "7", "dataset_info.json: expected a JSON object, got int"),
+        (
+            "dataset",
+            "state.json",
+            '{"_data_files": [{"name": "x.arrow"}]}',
+            "cannot load: KeyError: 'filename'",
+        ),
+        ("dataset", "data-00000-of-00001.arrow", None, "cannot load: FileNotFoundError: "),
+        ("dataset", "data-00000-of-00001.arrow", "garbage", "cannot load: ArrowInvalid: "),
+        (
+            "dict",
+            "dataset_dict.json",
+            '{"splits": ',
+            "dataset_dict.json: invalid JSON: Expecting value (line 1, column 12)",
+        ),
+        (
+            "dict",
+            "dataset_dict.json",
+            '{"split": ["train"]}',
+            "dataset_dict.json: field 'splits' must be a list of split names",
+        ),
+        ("dict", "train/state.json", None, "train: cannot read state.json: No such file"),
+    ],
+)
+def test_corrupt_saved_datasets_are_task_data_errors(tmp_path: Path, kind, name, text, problem):
+    path = tmp_path / "saved"
+    rows = datasets.Dataset.from_list(_chat_rows(2))
+    (rows if kind == "dataset" else datasets.DatasetDict({"train": rows})).save_to_disk(str(path))
+    _break(path, name, text)
+    with pytest.raises(TaskDataError) as info:
+        _task(path=str(path))
+    message = str(info.value)
+    assert message.startswith(f"dataset {path}") and problem in message
+    assert "\n" not in message
+
+
+def test_a_missing_split_whose_splits_cannot_be_listed_is_a_task_data_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    def unreachable(*args: object, **kwargs: object) -> list[str]:
+        raise ConnectionError("the hub cannot be reached\nretry later")
+
+    monkeypatch.setattr(datasets, "get_dataset_split_names", unreachable)
+    path = _json_file(tmp_path, _rows(2))
+    with pytest.raises(TaskDataError) as info:
+        _task(path="json", data_files=str(path), split="dev")
+    assert str(info.value) == (
+        "dataset json: no split 'dev' (task.dataset.split): Unknown split \"dev\". "
+        "Should be one of ['train']."
+    )
+
+
 def test_heldout_share_without_an_answer_field_holds_out_any_rows(tmp_path: Path):
     rows = [{"prompt": f"p{i}"} for i in range(20)]
     task = _task(path=str(_saved(tmp_path, rows)), heldout_share=0.25)
