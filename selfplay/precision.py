@@ -1,9 +1,9 @@
 """The policy's precision (`model.dtype`) resolved for a checkpoint and a device.
 
 `auto` loads a checkpoint in its own dtype (config.json's `dtype`, `torch_dtype` before
-transformers 5) on a GPU and in float32 on a CPU, where half precision is slow and inexact;
-checkpoints are saved in the configured dtype, or with `auto` in
-the round's policy's own, whatever the trainer computed in (it keeps float32 masters).
+transformers 5; a LoRA adapter's base's) on a GPU and in float32 on a CPU, where half precision
+is slow and inexact; checkpoints are saved in the configured dtype, or with `auto` in the
+round's policy's own, whatever the trainer computed in (it keeps float32 masters).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from selfplay.adapters import adapter_base, is_adapter
 from selfplay.config import ModelDtype
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -20,7 +21,10 @@ TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32":
 
 def checkpoint_dtype(checkpoint_dir: str | Path) -> str:
     """The dtype a checkpoint's config.json names ("float32" when it names none, or one that
-    is not a floating dtype selfplay runs)."""
+    is not a floating dtype selfplay runs); a LoRA adapter's (no config.json) is its base's,
+    which its adapters are loaded onto."""
+    if is_adapter(checkpoint_dir):
+        return checkpoint_dtype(adapter_base(checkpoint_dir))
     try:
         config = json.loads((Path(checkpoint_dir) / "config.json").read_text())
     except (OSError, ValueError):

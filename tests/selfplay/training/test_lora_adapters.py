@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from selfplay.adapters import adapter_base, adapter_rank, is_adapter
 from selfplay.config import ConfigError, TinyModelConfig, parse_config
 from selfplay.generation import HFBackend, SamplingParams
+from selfplay.precision import checkpoint_dtype, load_dtype, save_dtype
 from selfplay.tasks.base import Prompt
 from selfplay.tiny_model import build_model, build_tokenizer
 from selfplay.training.config import TrainingConfig
@@ -97,6 +98,19 @@ def test_the_next_round_trains_the_adapters_on_or_merges_them(base, tmp_path: Pa
     full = load_trainable(str(tmp_path / "round-0"), TrainingConfig(), "cpu")
     assert not any("lora" in n for n, _ in full.named_parameters())
     torch.testing.assert_close(logits(full), logits(first), rtol=1e-4, atol=1e-5)
+
+
+def test_an_adapters_dtype_is_its_bases(base, tmp_path: Path):
+    # model.dtype auto loads an adapter's base in the base's dtype on a GPU, not in float32
+    # (an adapter checkpoint has no config.json), and a round from it saves in that dtype.
+    bf16 = tmp_path / "bf16-base"
+    AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).save_pretrained(bf16)
+    AutoTokenizer.from_pretrained(base).save_pretrained(bf16)
+    train_round(bf16, tmp_path / "round-0")
+    assert is_adapter(tmp_path / "round-0")
+    assert checkpoint_dtype(tmp_path / "round-0") == "bfloat16"
+    assert load_dtype("auto", tmp_path / "round-0", "cuda") == "bfloat16"
+    assert save_dtype("auto", tmp_path / "round-0") == torch.bfloat16
 
 
 def test_merge_saves_a_full_model(base, tmp_path: Path):
