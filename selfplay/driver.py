@@ -245,9 +245,9 @@ def run_loop(
     check_model_sources(cfg)
     check_evaluation(cfg, task)
     metric = resolve_metric(cfg, task.heldout_prompts())
-    # A conversation the policy cannot render fails here, not at round 0's generation.
-    first = task.train_prompts(0, cfg.task.prompts_per_round)
-    check_conversations(cfg.model, [*task.heldout_prompts(), *first])
+    # A conversation the policy cannot render fails here, not in SFT or a round's generation:
+    # every prompt the task can serve is looked at (only the first conversation is rendered).
+    check_conversations(cfg.model, [*task.heldout_prompts(), *task.all_train_prompts()])
     _create_private_dir(cfg.run.output_dir, "run.output_dir")
     engine = create_store(cfg.db_url)
     sessions = session_factory(engine)

@@ -58,6 +58,11 @@ class Task(Protocol):
         """The `n` prompts of round `round_index`: deterministic, never from the held-out set."""
         ...
 
+    def all_train_prompts(self) -> list[Prompt]:
+        """Every prompt `train_prompts` can return, for any round and size, each once (what
+        the loop checks before it writes anything)."""
+        ...
+
     def heldout_prompts(self) -> list[Prompt]:
         """The fixed evaluation prompts (same list on every call)."""
         ...
@@ -104,6 +109,10 @@ class FixedPoolTask:
             out.extend(rng.sample(self._pool, min(n - len(out), len(self._pool))))
         return out
 
+    def all_train_prompts(self) -> list[Prompt]:
+        """The train pool."""
+        return list(self._pool)
+
     def heldout_prompts(self) -> list[Prompt]:
         """The fixed held-out problems."""
         return list(self._heldout)
@@ -132,6 +141,10 @@ class GivenPromptsTask:
         size = len(self._train)
         start = round_index * n
         return [self._train[(start + i) % size] for i in range(n)]
+
+    def all_train_prompts(self) -> list[Prompt]:
+        """The train prompts, in their seeded cyclic order."""
+        return list(self._train)
 
     def heldout_prompts(self) -> list[Prompt]:
         """The held-out prompts, in the order the task gives them."""

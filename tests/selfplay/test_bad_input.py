@@ -194,3 +194,20 @@ def test_a_saved_dataset_with_a_corrupt_state_json_exits_2_naming_it(tmp_path: P
         f"error: dataset {saved}: state.json: invalid JSON: Expecting property name enclosed "
         "in double quotes (line 1, column 2)"
     )
+
+
+def test_a_conversation_beyond_round_0s_prompts_exits_2_before_the_run(tmp_path: Path):
+    from selfplay.config import parse_config
+    from selfplay.tasks import JsonlTask
+
+    prompts = tmp_path / "prompts.jsonl"
+    chat = '{"prompt": [{"role": "user", "content": "Hello!"}], "answer": "Hi"}\n'
+    lines = [f'{{"prompt": "Q:{i}+1=", "answer": {i + 1}}}\n' for i in range(20)]
+    prompts.write_text("".join(lines) + chat)
+    task = {"name": "jsonl", "path": str(prompts), "prompts_per_round": 2}
+    seed = parse_config({"task": task}).run.seed
+    # Neither the held-out set (none) nor round 0's window holds the conversation.
+    assert all(p.messages is None for p in JsonlTask(prompts, seed).train_prompts(0, 2))
+    line = _task_error(tmp_path, task)
+    assert line.startswith("error: model.chat_template: a prompt is a conversation")
+    assert "(the tiny model) has no chat template" in line

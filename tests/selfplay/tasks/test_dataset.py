@@ -117,6 +117,7 @@ def test_heldout_share_and_train_order_are_functions_of_the_seed(tmp_path: Path)
     train = a.train_prompts(0, 30)
     assert len(set(train)) == 30 and not set(train) & set(a.heldout_prompts())
     assert a.train_prompts(0, 31)[30] == train[0]  # the 30 train prompts, then around again
+    assert a.all_train_prompts() == train  # every round's prompts come from these
     assert a.verify(Prompt("p", "7"), " 7 apples") == (True, "matches the reference answer")
 
 
