@@ -104,6 +104,25 @@ def chat_examples() -> list[tuple[str, str]]:
     ]
 
 
+JUDGE_TEMPLATE = "Question: {prompt} Answer: {response} Rate the answer."
+"""A short `judge.self_judge.prompt_template` the "judges" variant of the policy answers with a
+score (the shipped rubric is ~700 tokens of bytes for this 384-token vocabulary)."""
+
+
+def judge_examples() -> list[tuple[str, str]]:
+    """(JUDGE_TEMPLATE filled with a question and an answer, "Score: N"): an answer in the
+    corpus's words for its own question scores 4 or 5, another question's answer 1 or 2."""
+    examples = chat_examples()
+    out = []
+    for i, (question, answer) in enumerate(examples):
+        other = examples[(i + 7) % len(examples)][1]
+        for response, scores in ((answer, (4, 5)), (other, (1, 2))):
+            for score in scores:
+                filled = JUDGE_TEMPLATE.format(prompt=question, response=response)
+                out.append((filled, f"Score: {score}"))
+    return out
+
+
 def corpus() -> list[str]:
     """The training text of the tokenizer: chat-like sentences, roles and a little arithmetic."""
     lines = [t.format(s=s) for s in _SUBJECTS for t in _SENTENCES]
@@ -193,11 +212,18 @@ def _qwen2_config(tokenizer: PreTrainedTokenizerFast, **extra: object) -> Qwen2C
 
 
 def _teach_to_stop(
-    model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, steps: int, seed: int
+    model: Qwen2ForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    steps: int,
+    seed: int,
+    judges: bool = False,
 ) -> None:
-    """A few supervised steps on chat_examples(): loss on each answer and its `<|im_end|>`."""
+    """A few supervised steps on chat_examples() (and judge_examples() when `judges`): loss on
+    each answer and its `<|im_end|>`."""
     examples = []
-    for question, answer in chat_examples():
+    # With the judge's examples (four per question), each chat example counts four times too.
+    taught = chat_examples() * 4 + judge_examples() if judges else chat_examples()
+    for question, answer in taught:
         chat = [{"role": "user", "content": question}]
         prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True)["input_ids"]
         target = tokenizer(answer + IM_END, add_special_tokens=False)["input_ids"]
@@ -224,20 +250,25 @@ def _teach_to_stop(
 
 
 def save_chat_model(
-    directory: Path, variant: str = "chatml", seed: int = 0, stop_steps: int = 0
+    directory: Path,
+    variant: str = "chatml",
+    seed: int = 0,
+    stop_steps: int = 0,
+    judges: bool = False,
 ) -> Path:
     """Save a tiny Qwen2 chat policy (seeded init) with its tokenizer in `directory`.
 
     `stop_steps` > 0 trains it that many supervised steps on chat_examples(), so it answers
     in a few words and ends its turn with `<|im_end|>` as an instruct model does (a random-init
-    one almost never samples it); 0 leaves it random. Its generation_config stops on both
-    `<|im_end|>` and `<|endoftext|>`, as Qwen2.5's does.
+    one almost never samples it); 0 leaves it random. `judges` adds judge_examples() to those
+    steps, so that the policy also answers JUDGE_TEMPLATE with "Score: N" (a self judge). Its
+    generation_config stops on both `<|im_end|>` and `<|endoftext|>`, as Qwen2.5's does.
     """
     tokenizer = build_chat_tokenizer(variant)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(_qwen2_config(tokenizer))
     if stop_steps:
-        _teach_to_stop(model, tokenizer, stop_steps, seed)
+        _teach_to_stop(model, tokenizer, stop_steps, seed, judges)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in (IM_END, ENDOFTEXT)],

@@ -230,6 +230,15 @@ def instruct_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return chat_models().save_chat_model(path, "chatml", stop_steps=100)
 
 
+@pytest.fixture(scope="session")
+def self_judging_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chat policy after 600 supervised steps on the chat examples and the judge's: it
+    answers as `instruct_model_dir` does, and answers tests.chat_models.JUDGE_TEMPLATE with
+    "Score: N" (the self judge's format)."""
+    path = tmp_path_factory.mktemp("chat-self-judging-model")
+    return chat_models().save_chat_model(path, "chatml", stop_steps=600, judges=True)
+
+
 CONVERSATION_TURNS = (
     ("system", "Answer with <digits> only."),
     ("user", "Are you ready? [bold]yes[/bold]"),

@@ -20,7 +20,18 @@ from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
 from db import queries
 from db.engine import make_engine, session_factory
-from db.models import Checkpoint, EvalResponse, Metric, Pair, Prompt, Response, Round
+from db.models import (
+    Checkpoint,
+    EvalResponse,
+    Judgment,
+    Metric,
+    Pair,
+    Prompt,
+    Response,
+    Round,
+)
+from selfplay.judges.self_judge import parse_score
+from tests.chat_models import JUDGE_TEMPLATE
 from tests.fake_openai_server import serve
 
 pytestmark = pytest.mark.heavy
@@ -174,6 +185,41 @@ def test_two_rounds_of_dno_on_a_saved_dataset(
     extra = {"algorithm": "dno", "pairing": {"bt_temperature": 0.01}}
     out = _run(tmp_path, "chat-dno", instruct_model_dir, reward_model_dir, task, extra)
     _check_store(out, "chat-dno", instruct_model_dir, conversations)
+
+
+def test_two_rounds_of_self_rewarding_on_a_chat_model(
+    tmp_path: Path, self_judging_model_dir: Path, reward_model_dir: Path
+):
+    # The policy judges its own responses (the self_rewarding preset: judge self × 3, its pair
+    # builder, DPO against the previous round), asked with a short template it was taught to
+    # answer with "Score: N", rendered with its chat template like every prompt it reads.
+    conversations = _write_prompts(tmp_path / "prompts.jsonl")
+    task = {"name": "jsonl", "path": str(tmp_path / "prompts.jsonl")}
+    judge = {
+        "name": "self",
+        "meta_eval_prompts": 0,
+        "self_judge": {"prompt_template": JUDGE_TEMPLATE, "max_new_tokens": 8},
+    }
+    extra = {"algorithm": "self_rewarding", "judge": judge}
+    out = _run(tmp_path, "chat-self", self_judging_model_dir, reward_model_dir, task, extra)
+    _check_store(out, "chat-self", self_judging_model_dir, conversations)
+    engine = make_engine(f"sqlite:///{out / 'selfplay.db'}")
+    with session_factory(engine)() as s:
+        run_id = queries.get_run(s, "chat-self").id
+        policies = {c.round_index: c.path for c in s.scalars(select(Checkpoint))}
+        for rnd in s.scalars(select(Round).where(Round.run_id == run_id)):
+            judged = s.scalars(
+                select(Judgment).join(Response).where(Response.round_id == rnd.id)
+            ).all()
+            assert len(judged) == 6 * 4 * 3  # three repeats of every response
+            assert {j.judge for j in judged} == {"self"}
+            ok = [j for j in judged if j.status == "ok"]
+            assert len(ok) >= 0.8 * len(judged)
+            for j in ok:
+                assert parse_score(j.trace["judge_output"]) == j.score
+                # The judge is the round's policy: the initial one, then round 0's checkpoint.
+                assert j.trace["checkpoint"] == policies[rnd.index - 1]
+    engine.dispose()
 
 
 CONFIGS = Path(__file__).parents[2] / "configs"
