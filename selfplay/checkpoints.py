@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 SFT_ROUND_INDEX = -1  # the initial policy's checkpoint row
+# Weights are written in safetensors shards of at most this (the Hub's convention: an 8B model
+# in bf16 is 4 files, with model.safetensors.index.json naming each tensor's); transformers'
+# own default shards only above 50 GB. A LoRA adapter is one file, whatever its size.
+MAX_SHARD_SIZE = "5GB"
 
 
 def round_checkpoint_dir(output_dir: Path, round_index: int) -> Path:
@@ -35,13 +39,14 @@ def save_checkpoint(
     """Write a Hugging Face checkpoint atomically: into a temp dir, then rename.
 
     With `dtype`, the floating-point weights are written in it (config.json names it) while
-    the model in memory keeps its own (the trainer's float32 masters); None: as they are.
+    the model in memory keeps its own (the trainer's float32 masters); None: as they are. A
+    model over MAX_SHARD_SIZE is written in shards (model-00001-of-0000N.safetensors, …).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if dtype is None:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, max_shard_size=MAX_SHARD_SIZE)
     else:
         # Tied weights (embeddings and lm_head) stay one tensor, so they are written once.
         cast: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
@@ -51,7 +56,7 @@ def save_checkpoint(
             else v
             for k, v in model.state_dict().items()
         }
-        model.save_pretrained(tmp, state_dict=state)
+        model.save_pretrained(tmp, state_dict=state, max_shard_size=MAX_SHARD_SIZE)
         # save_pretrained writes the dtype of the parameters in memory into config.json.
         config = json.loads((tmp / "config.json").read_text())
         config["dtype"] = str(dtype).removeprefix("torch.")

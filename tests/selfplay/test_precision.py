@@ -1,5 +1,6 @@
 """model.dtype: what each engine loads a checkpoint in, and round checkpoints saved in the
-policy's dtype (a bf16 input comes back bf16, the same size) while the trainer keeps float32."""
+policy's dtype (a bf16 input comes back bf16, the same size) while the trainer keeps float32,
+in shards of at most checkpoints.MAX_SHARD_SIZE."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from selfplay import checkpoints
 from selfplay.checkpoints import save_checkpoint
 from selfplay.config import GenerationConfig, TrainingConfig
 from selfplay.generation import make_backend
@@ -71,3 +73,24 @@ def test_a_bf16_policy_trained_in_float32_is_saved_bf16_at_its_size(bf16_dir: Pa
     want = model.model.norm.weight.to(torch.bfloat16)
     assert torch.equal(back.model.norm.weight, want)
     assert back.lm_head.weight.data_ptr() == back.model.embed_tokens.weight.data_ptr()  # tied
+
+
+def test_a_checkpoint_over_the_shard_size_is_saved_sharded_and_loads(
+    bf16_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(checkpoints, "MAX_SHARD_SIZE", "100KB")  # the model is ~210 KB in bf16
+    model = load_trainable(str(bf16_dir), TrainingConfig(), "cpu")
+    target = tmp_path / "round-0000"
+    save_checkpoint(model, AutoTokenizer.from_pretrained(bf16_dir), target, torch.bfloat16)
+    shards = sorted(target.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and not (target / "model.safetensors").exists()
+    assert all(f.stat().st_size < 100_000 + 2_000 for f in shards)  # the size, with a header
+    assert (target / "model.safetensors.index.json").is_file()
+    assert checkpoint_dtype(target) == "bfloat16"
+    back = AutoModelForCausalLM.from_pretrained(target, dtype="auto")
+    assert back.dtype == torch.bfloat16
+    want = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    for name, value in back.state_dict().items():
+        assert torch.equal(value, want[name]), name
+    assert back.lm_head.weight.data_ptr() == back.model.embed_tokens.weight.data_ptr()  # tied
+    assert Scorer(str(target), "auto").model.dtype == torch.float32  # auto on a CPU
