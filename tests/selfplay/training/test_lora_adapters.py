@@ -1,6 +1,6 @@
 """LoRA rounds save their adapters (PEFT format) unless `training.lora.merge`: the hf backend
 and transformers load them onto their base, the next round trains them on, and the ranks of a
-distributed round save the same adapters as one device."""
+distributed round (DDP or FSDP2) save the same adapters as one device."""
 
 from __future__ import annotations
 
@@ -121,15 +121,18 @@ def test_merge_saves_a_full_model(base, tmp_path: Path):
     torch.testing.assert_close(logits(loaded), logits(trained), rtol=1e-4, atol=1e-5)
 
 
-def test_two_ranks_save_the_adapters_one_device_saves(base, tmp_path: Path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_save_the_adapters_one_device_saves(strategy, base, tmp_path: Path):
     train_round(base, tmp_path / "round-0")  # the policy is an adapter: trained on by the ranks
     one = train_round(tmp_path / "round-0", tmp_path / "single")
-    cfg = TrainingConfig(**TRAINING, lora=LORA, distributed={"strategy": "ddp", "nproc": 2})
+    cfg = TrainingConfig(**TRAINING, lora=LORA, distributed={"strategy": strategy, "nproc": 2})
     job = Job(str(tmp_path / "round-0"), pairs(), cfg, PAD, 0, str(tmp_path / "ranks"), "float32")
     train_distributed(job, tmp_path / "job")
     assert is_adapter(tmp_path / "ranks") and adapter_base(tmp_path / "ranks") == str(base)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ranks")
     torch.testing.assert_close(logits(loaded), logits(one), rtol=1e-4, atol=1e-4)
+    start = logits(AutoModelForCausalLM.from_pretrained(tmp_path / "round-0"))
+    assert not torch.allclose(start, logits(one), rtol=1e-3, atol=1e-3)  # the ranks trained
 
 
 @pytest.mark.parametrize("backend", ["sglang", "openai"])
