@@ -28,7 +28,7 @@ from selfplay.model_source import check_model_sources
 from selfplay.progress import Reporter, SilentReporter, format_evaluation
 from selfplay.redact import mask_config
 from selfplay.rendering import check_conversations
-from selfplay.sft import prepare_policy
+from selfplay.sft import check_sft_data, prepare_policy
 from selfplay.stages import Context, Engines
 from selfplay.stages.evaluate import (
     METRIC_NAMES,
@@ -244,6 +244,7 @@ def run_loop(
         raise ConfigError(str(err)) from None
     check_model_sources(cfg)
     check_evaluation(cfg, task)
+    check_sft_data(cfg.model, task)
     metric = resolve_metric(cfg, task.heldout_prompts())
     # A conversation the policy cannot render fails here, not in SFT or a round's generation:
     # every prompt the task can serve is looked at (only the first conversation is rendered).

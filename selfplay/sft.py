@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from selfplay.config import ModelConfig, SFTConfig
+from selfplay.config import ConfigError, ModelConfig, SFTConfig
 from selfplay.devices import default_device
 from selfplay.generation.base import SamplingParams
 from selfplay.generation.hf import HFBackend
@@ -168,6 +168,18 @@ def sft_examples(task: Task, cfg: SFTConfig) -> list[tuple[Prompt, str]]:
     return examples
 
 
+def check_sft_data(model_cfg: ModelConfig, task: Task) -> None:
+    """Raise ConfigError (naming model.sft.steps) when the tiny model is to be SFT-trained but
+    the task's SFT draw has no prompt with a reference answer: checked before anything is
+    written, and again by prepare_policy."""
+    if model_cfg.path or model_cfg.sft.steps == 0 or sft_examples(task, model_cfg.sft):
+        return
+    raise ConfigError(
+        "model.sft.steps: the tiny model needs SFT data, but the task has no prompts with "
+        "reference answers (set model.path to a trained model, or model.sft.steps to 0)"
+    )
+
+
 class _AccuracyStop:
     """Every VALIDATE_EVERY steps, greedy accuracy on a validation draw; stop at the target."""
 
@@ -238,16 +250,13 @@ def prepare_policy(
     `cache_dir/tiny-<hash of tiny config, SFT config, seed and the SFT examples>`; an existing
     cache entry is reused without training. The entry is written to a temporary directory and
     renamed into place, so an interrupted build never leaves a partial checkpoint behind.
-    Raises ValueError when SFT is asked for but the task has no reference responses.
+    Raises ConfigError when SFT is asked for but the task has no reference responses
+    (check_sft_data).
     """
     if model_cfg.path:
         return resolve_model(model_cfg.path, model_cfg.revision, "model.path")
+    check_sft_data(model_cfg, task)
     examples = sft_examples(task, model_cfg.sft)
-    if model_cfg.sft.steps > 0 and not examples:
-        raise ValueError(
-            "the tiny model needs SFT data: the task has no prompts with reference answers "
-            "(set model.path to a trained model, or model.sft.steps to 0)"
-        )
     cache_root = Path(model_cfg.cache_dir).expanduser()
     final = cache_root / f"tiny-{_cache_key(model_cfg, seed, examples)}"
     if final.is_dir():

@@ -147,6 +147,15 @@ def _task_error(tmp_path: Path, task: dict) -> str:
     return _error_line(output)
 
 
+def test_prompts_without_answers_for_the_tiny_models_sft_exit_2_before_the_run(tmp_path: Path):
+    prompts = tmp_path / "open.jsonl"
+    prompts.write_text(
+        '{"prompt": "Tell me a story."}\n{"prompt": "And another.", "split": "heldout"}\n'
+    )
+    line = _task_error(tmp_path, {"name": "jsonl", "path": str(prompts)})
+    assert line.startswith("error: model.sft.steps: the tiny model needs SFT data")
+
+
 def test_a_malformed_chat_message_exits_2_naming_the_line(tmp_path: Path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import selfplay.sft as sft
-from selfplay.config import ModelConfig, SFTConfig, TinyModelConfig
+from selfplay.config import ConfigError, ModelConfig, SFTConfig, TinyModelConfig
 from selfplay.generation import HFBackend, SamplingParams
 from selfplay.sft import IGNORE_INDEX, _collate, prepare_policy, sft_train
 from selfplay.tasks import ArithmeticTask, JsonlTask
@@ -141,5 +141,5 @@ def test_prepare_policy_returns_a_configured_path_untouched(tmp_path):
 def test_prepare_policy_needs_reference_answers(tmp_path):
     data = tmp_path / "open.jsonl"
     data.write_text('{"prompt": "Tell me a story."}\n')
-    with pytest.raises(ValueError, match="reference answers"):
+    with pytest.raises(ConfigError, match="^model.sft.steps: .*reference answers"):
         prepare_policy(_cfg(tmp_path / "cache"), JsonlTask(data, seed=0), seed=0)
