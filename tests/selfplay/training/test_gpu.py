@@ -40,10 +40,10 @@ def test_token_logps_bf16_matches_float32(monkeypatch, saved):
     assert _relative(weight.grad, w32.grad) < 0.01
 
 
-def test_bf16_weights_train_like_autocast():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def _small_qwen2():  # noqa: ANN202
+    from transformers import Qwen2Config
 
-    config = Qwen2Config(
+    return Qwen2Config(
         vocab_size=1000,
         hidden_size=256,
         intermediate_size=512,
@@ -52,12 +52,23 @@ def test_bf16_weights_train_like_autocast():
         num_key_value_heads=2,
         tie_word_embeddings=False,
     )
+
+
+def _pairs(n: int) -> list[PairExample]:
+    """`n` pairs of random prompts, one chosen response and random rejected ones."""
     gen = torch.Generator().manual_seed(1)
 
     def tokens(k: int) -> list[int]:
         return torch.randint(3, 1000, (k,), generator=gen).tolist()
 
-    pairs = [PairExample(tokens(6), [5, 6, 7], tokens(3), -20.0, -20.0) for _ in range(64)]
+    return [PairExample(tokens(6), [5, 6, 7], tokens(3), -20.0, -20.0) for _ in range(n)]
+
+
+def test_bf16_weights_train_like_autocast():
+    from transformers import Qwen2ForCausalLM
+
+    config = _small_qwen2()
+    pairs = _pairs(64)
     runs = []
     for bf16_weights in (False, True):
         torch.manual_seed(0)
@@ -80,28 +91,15 @@ def test_one_fsdp_rank_on_the_gpu_trains_like_the_single_device_path(tmp_path):
     # torchrun, nccl, fully_shard with bf16 parameters and float32 reduction, rank 0's gathered
     # save in the policy's dtype: the launcher's whole path on one GPU, against the in-process
     # bf16 autocast path on the same pairs and seed.
-    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
 
     from selfplay.tiny_model import build_tokenizer
     from selfplay.training.distributed import Job, train_distributed
 
-    config = Qwen2Config(
-        vocab_size=1000,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
     torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "policy")
+    Qwen2ForCausalLM(_small_qwen2()).save_pretrained(tmp_path / "policy")
     build_tokenizer().save_pretrained(tmp_path / "policy")
-    gen = torch.Generator().manual_seed(1)
-
-    def tokens(k: int) -> list[int]:
-        return torch.randint(3, 1000, (k,), generator=gen).tolist()
-
-    pairs = [PairExample(tokens(6), [5, 6, 7], tokens(3), -20.0, -20.0) for _ in range(32)]
+    pairs = _pairs(32)
     training = {"lr": 1e-3, "batch_size": 8, "max_steps": 8, "epochs": 2}
     cfg = TrainingConfig(**training)
     single: list[dict] = []
