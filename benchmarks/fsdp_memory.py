@@ -1,16 +1,17 @@
 """Peak memory per rank of FSDP training on CPU: 1 rank against N ranks on the same model.
 
-Builds a random Llama of about --params-m million parameters (default 300: ~1.2 GB of float32
-weights, so the sharded parameters, gradients and AdamW state dominate the peak), saves it,
-and trains it for a few steps with `training.distributed: {strategy: fsdp, nproc: N}` for each
+Builds a random Llama of about --params-m million parameters (default 380: 381M, 1,453 MiB of
+float32 weights, so the sharded parameters, gradients and AdamW state dominate the peak), saves
+it, and trains it for a few steps with `training.distributed: {strategy: fsdp, nproc: N}` for each
 N of --nproc, each in a fresh subprocess. The peak per rank is the largest max RSS among that
 subprocess's descendants (getrusage(RUSAGE_CHILDREN) once torchrun has waited for its ranks):
 the ranks are alike, so that is any rank's. It includes ~600 MB of interpreter, torch and
 transformers (the baseline a 5M-parameter smoke run shows); above it expect about 16/N bytes a
-parameter of training state plus the full float32 weights each rank loads before sharding (4 B/param) and, on rank 0,
-the gathered state dict it saves (4 B/param).
+parameter of training state plus the full float32 weights each rank loads before sharding
+(4 B/param) and, on rank 0, the gathered float32 state dict it saves (4 B/param: the checkpoint
+is saved in float32 here, so no cast copy).
 
-    python benchmarks/fsdp_memory.py [--params-m 300] [--nproc 1 2] [--steps 3]
+    python benchmarks/fsdp_memory.py [--params-m 380] [--nproc 1 2] [--steps 3]
 
 A smoke run: --params-m 5.
 """
@@ -30,10 +31,11 @@ PAIR_TOKENS = (64, 64)  # prompt, each response
 
 
 def _model_shape(params_m: float) -> dict:
-    """A Llama config of about `params_m` million parameters (12 h² per layer, 16 layers of
-    width h, a 1,000-token vocabulary)."""
+    """A Llama config of about `params_m` million parameters: 16 layers of width h (a multiple
+    of 64), each 16 h² (attention's q, k, v, o: 4 h²; the MLP's three h × 4h matrices: 12 h²),
+    and a 1,000-token vocabulary (embeddings and head: 2,000 h more)."""
     layers = 16
-    hidden = int((params_m * 1e6 / (12 * layers)) ** 0.5) // 64 * 64 or 64
+    hidden = int((params_m * 1e6 / (16 * layers)) ** 0.5) // 64 * 64 or 64
     return {
         "vocab_size": 1000,
         "hidden_size": hidden,
@@ -87,7 +89,7 @@ def _train(policy: Path, nproc: int, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params-m", type=float, default=300.0)
+    parser.add_argument("--params-m", type=float, default=380.0)
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--_train", nargs=2, help=argparse.SUPPRESS)  # policy, nproc
