@@ -40,7 +40,9 @@ def save_checkpoint(
 
     With `dtype`, the floating-point weights are written in it (config.json names it) while
     the model in memory keeps its own (the trainer's float32 masters); None: as they are. A
-    model over MAX_SHARD_SIZE is written in shards (model-00001-of-0000N.safetensors, …).
+    model over MAX_SHARD_SIZE is written in shards (model-00001-of-0000N.safetensors, …). A
+    LoRA adapter (a peft model) is written with its base's generation config, which peft leaves
+    out: the engines serving adapters read the checkpoint's EOS ids from it.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
@@ -61,6 +63,10 @@ def save_checkpoint(
         config = json.loads((tmp / "config.json").read_text())
         config["dtype"] = str(dtype).removeprefix("torch.")
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if not (tmp / "generation_config.json").exists():
+        generation_config = getattr(model, "generation_config", None)
+        if generation_config is not None:
+            generation_config.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from selfplay.adapters import adapter_base, adapter_rank, is_adapter
 from selfplay.config import ConfigError, TinyModelConfig, parse_config
 from selfplay.generation import HFBackend, SamplingParams
+from selfplay.generation.base import checkpoint_stop_ids
 from selfplay.precision import checkpoint_dtype, load_dtype, save_dtype
 from selfplay.tasks.base import Prompt
 from selfplay.tiny_model import build_model, build_tokenizer
@@ -24,15 +25,18 @@ PAD = 0
 LORA = {"r": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"]}
 TRAINING = {"lr": 1e-2, "batch_size": 4, "max_steps": 3, "epochs": 2}
 INPUT = torch.tensor([[1, 40, 41, 42, 43]])
+EOS_IDS = [2, 3]  # the tiny tokenizer's <eos> and <unk>
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama whose generation config stops at two EOS ids (an instruct model's)."""
     tok = build_tokenizer()
     torch.manual_seed(0)
     model = build_model(
         TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128), tok
     )
+    model.generation_config.eos_token_id = EOS_IDS
     path = tmp_path_factory.mktemp("base")
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -66,12 +70,18 @@ def size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.iterdir())
 
 
+def stops(checkpoint: Path) -> set[int]:
+    """The ids the vllm, sglang and openai backends stop at for `checkpoint`."""
+    return checkpoint_stop_ids(AutoTokenizer.from_pretrained(checkpoint), str(checkpoint))
+
+
 def test_a_lora_round_saves_its_adapters_which_load_onto_their_base(base, tmp_path: Path):
     trained = train_round(base, tmp_path / "round-0")
     saved = tmp_path / "round-0"
     assert is_adapter(saved) and not (saved / "model.safetensors").exists()
     assert adapter_base(saved) == str(base) and adapter_rank(saved) == 4
     assert size(saved) < size(base) / 4
+    assert stops(saved) == set(EOS_IDS)  # the base's generation config, saved beside them
     expected = logits(trained)
     loaded = AutoModelForCausalLM.from_pretrained(saved)  # transformers applies the adapters
     torch.testing.assert_close(logits(loaded), expected)
@@ -129,6 +139,7 @@ def test_two_ranks_save_the_adapters_one_device_saves(strategy, base, tmp_path: 
     job = Job(str(tmp_path / "round-0"), pairs(), cfg, PAD, 0, str(tmp_path / "ranks"), "float32")
     train_distributed(job, tmp_path / "job")
     assert is_adapter(tmp_path / "ranks") and adapter_base(tmp_path / "ranks") == str(base)
+    assert stops(tmp_path / "ranks") == set(EOS_IDS)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ranks")
     torch.testing.assert_close(logits(loaded), logits(one), rtol=1e-4, atol=1e-4)
     start = logits(AutoModelForCausalLM.from_pretrained(tmp_path / "round-0"))
