@@ -244,11 +244,11 @@ def run_loop(
         raise ConfigError(str(err)) from None
     check_model_sources(cfg)
     check_evaluation(cfg, task)
-    check_sft_data(cfg.model, task)
     metric = resolve_metric(cfg, task.heldout_prompts())
     # A conversation the policy cannot render fails here, not in SFT or a round's generation:
     # every prompt the task can serve is looked at (only the first conversation is rendered).
     check_conversations(cfg.model, [*task.heldout_prompts(), *task.all_train_prompts()])
+    check_sft_data(cfg.model, task)
     _create_private_dir(cfg.run.output_dir, "run.output_dir")
     engine = create_store(cfg.db_url)
     sessions = session_factory(engine)
