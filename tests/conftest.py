@@ -47,6 +47,20 @@ def pg_schema_url() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture
+def exploding_judge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The judge.name of a plug-in (module `exploding_judge` on sys.path, also for the
+    subprocesses started from tmp_path) whose factory raises RuntimeError('cannot reach my
+    model')."""
+    (tmp_path / "exploding_judge.py").write_text(
+        "class Exploding:\n"
+        "    def __init__(self, cfg, env):\n"
+        "        raise RuntimeError('cannot reach my model')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "exploding_judge:Exploding"
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
     """An empty store URL, once for SQLite and once for PostgreSQL."""

@@ -103,20 +103,14 @@ def test_the_output_dir_is_created_private(tmp_path: Path, existing: bool):
 
 
 def test_a_judge_factory_that_raises_exits_2_before_the_run_is_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, exploding_judge: str
 ):
-    (tmp_path / "exploding_judge.py").write_text(
-        "class Exploding:\n"
-        "    def __init__(self, cfg, env):\n"
-        "        raise RuntimeError('cannot reach my model')\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
     store = tmp_path / "out" / "selfplay.db"
     code, output = _run(
         tmp_path,
         {
             "run": {"output_dir": str(tmp_path / "out")},
-            "judge": {"name": "exploding_judge:Exploding"},
+            "judge": {"name": exploding_judge},
             "store": {"url": f"sqlite:///{store}"},
         },
     )

@@ -191,14 +191,8 @@ def _one_error_line(output: str) -> str:
     ],
 )
 def test_a_bad_judge_or_task_exits_2_before_the_run_is_written(
-    tmp_path, monkeypatch, sections, problem, store_created
+    tmp_path, exploding_judge, sections, problem, store_created
 ):
-    (tmp_path / "exploding_judge.py").write_text(
-        "class Exploding:\n"
-        "    def __init__(self, cfg, env):\n"
-        "        raise RuntimeError('cannot reach my model')\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
     store = tmp_path / "out" / "selfplay.db"
     config = write_config(tmp_path, f"sqlite:///{store}", **sections)
     data = write_jsonl(tmp_path / "data.jsonl", LINES)
