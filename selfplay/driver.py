@@ -38,6 +38,7 @@ from selfplay.stages.evaluate import (
 )
 from selfplay.tasks import TaskDataError, make_task
 from selfplay.trackers import Trackers
+from selfplay.training.distributed import gpu_shortfall
 
 # Fields that may change between invocations of the same run without changing its data.
 _RESUMABLE_FIELDS = (
@@ -249,6 +250,12 @@ def run_loop(
     # every prompt the task can serve is looked at (only the first conversation is rendered).
     check_conversations(cfg.model, [*task.heldout_prompts(), *task.all_train_prompts()])
     check_sft_data(cfg.model, task)
+    if cfg.executor.broker_url is None and cfg.training.distributed.strategy != "single":
+        # This process launches the ranks: a node without a GPU for each fails here, not at
+        # round 0's training (a train worker on another node checks its own GPUs there).
+        problem = gpu_shortfall(cfg.training.distributed.nproc)
+        if problem is not None:
+            raise ConfigError(problem)
     _create_private_dir(cfg.run.output_dir, "run.output_dir")
     engine = create_store(cfg.db_url)
     sessions = session_factory(engine)

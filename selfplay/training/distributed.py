@@ -188,19 +188,26 @@ def _run_ranks(
     shutil.rmtree(job_dir)
 
 
-def _check_gpus(nproc: int) -> None:
-    """Raise RankFailure when CUDA is available and `nproc` ranks, one per GPU, need more GPUs
-    than are visible (rank k >= the count would fail at `torch.cuda.set_device`, "invalid
-    device ordinal", on every re-run)."""
+def gpu_shortfall(nproc: int) -> str | None:
+    """Why `nproc` ranks, one per GPU, cannot run on this node's visible GPUs (rank k >= their
+    count would fail at `torch.cuda.set_device`, "invalid device ordinal", on every re-run);
+    None when they fit, or when there is no CUDA (the ranks run on the CPU)."""
     if not torch.cuda.is_available() or nproc <= torch.cuda.device_count():
-        return
+        return None
     gpus = torch.cuda.device_count()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     shown = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
-    raise RankFailure(
+    return (
         f"training.distributed.nproc is {nproc} but this node has {gpus} visible GPU(s){shown};"
         f" each rank needs its own GPU: set nproc to at most {gpus}"
     )
+
+
+def _check_gpus(nproc: int) -> None:
+    """Raise RankFailure when this node has fewer visible GPUs than ranks (gpu_shortfall)."""
+    problem = gpu_shortfall(nproc)
+    if problem is not None:
+        raise RankFailure(problem)
 
 
 def _write_job(data: dict, path: Path) -> None:

@@ -214,3 +214,26 @@ def test_a_conversation_beyond_round_0s_prompts_exits_2_before_the_run(tmp_path:
     line = _task_error(tmp_path, task)
     assert line.startswith("error: model.chat_template: a prompt is a conversation")
     assert "(the tiny model) has no chat template" in line
+
+
+def test_more_ranks_than_gpus_exit_before_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # The embedded driver launches the ranks itself: a node with fewer GPUs than ranks is a
+    # config error at startup, not a failed round 0.
+    import torch
+
+    from selfplay.config import ConfigError, parse_config
+    from selfplay.driver import run_loop
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    store = tmp_path / "selfplay.db"
+    cfg = parse_config(
+        {
+            "run": {"output_dir": str(tmp_path / "out")},
+            "store": {"url": f"sqlite:///{store}"},
+            "training": {"distributed": {"strategy": "fsdp", "nproc": 2}},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"^training.distributed.nproc is 2 but this node has 1"):
+        run_loop(cfg)
+    assert not store.exists()
