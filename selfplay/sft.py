@@ -171,13 +171,17 @@ def sft_examples(task: Task, cfg: SFTConfig) -> list[tuple[Prompt, str]]:
 def check_sft_data(model_cfg: ModelConfig, task: Task) -> None:
     """Raise ConfigError (naming model.sft.steps) when the tiny model is to be SFT-trained but
     the task's SFT draw has no prompt with a reference answer: checked before anything is
-    written, and again by prepare_policy."""
-    if model_cfg.path or model_cfg.sft.steps == 0 or sft_examples(task, model_cfg.sft):
-        return
-    raise ConfigError(
-        "model.sft.steps: the tiny model needs SFT data, but the task has no prompts with "
-        "reference answers (set model.path to a trained model, or model.sft.steps to 0)"
-    )
+    written, and again by prepare_policy on the examples it trains on."""
+    if not model_cfg.path:
+        _require_sft_data(model_cfg, sft_examples(task, model_cfg.sft))
+
+
+def _require_sft_data(model_cfg: ModelConfig, examples: list[tuple[Prompt, str]]) -> None:
+    if model_cfg.sft.steps > 0 and not examples:
+        raise ConfigError(
+            "model.sft.steps: the tiny model needs SFT data, but the task has no prompts with "
+            "reference answers (set model.path to a trained model, or model.sft.steps to 0)"
+        )
 
 
 class _AccuracyStop:
@@ -250,13 +254,13 @@ def prepare_policy(
     `cache_dir/tiny-<hash of tiny config, SFT config, seed and the SFT examples>`; an existing
     cache entry is reused without training. The entry is written to a temporary directory and
     renamed into place, so an interrupted build never leaves a partial checkpoint behind.
-    Raises ConfigError when SFT is asked for but the task has no reference responses
-    (check_sft_data).
+    Raises ConfigError when SFT is asked for but the task has no reference responses (as
+    check_sft_data does).
     """
     if model_cfg.path:
         return resolve_model(model_cfg.path, model_cfg.revision, "model.path")
-    check_sft_data(model_cfg, task)
     examples = sft_examples(task, model_cfg.sft)
+    _require_sft_data(model_cfg, examples)
     cache_root = Path(model_cfg.cache_dir).expanduser()
     final = cache_root / f"tiny-{_cache_key(model_cfg, seed, examples)}"
     if final.is_dir():

@@ -149,7 +149,9 @@ def _run_ranks(
     """Launch `nproc` ranks on the job `data` (written to `job_dir`), `deliver` each record
     rank 0 appends to `job_dir / output` as it comes, and raise RankFailure if a rank fails
     (before any is launched when this node has fewer GPUs than ranks)."""
-    _check_gpus(nproc)
+    problem = gpu_shortfall(nproc)
+    if problem is not None:
+        raise RankFailure(problem)
     shutil.rmtree(job_dir, ignore_errors=True)
     job_dir.mkdir(parents=True)
     _write_job(data, job_dir / JOB_FILE)
@@ -201,13 +203,6 @@ def gpu_shortfall(nproc: int) -> str | None:
         f"training.distributed.nproc is {nproc} but this node has {gpus} visible GPU(s){shown};"
         f" each rank needs its own GPU: set nproc to at most {gpus}"
     )
-
-
-def _check_gpus(nproc: int) -> None:
-    """Raise RankFailure when this node has fewer visible GPUs than ranks (gpu_shortfall)."""
-    problem = gpu_shortfall(nproc)
-    if problem is not None:
-        raise RankFailure(problem)
 
 
 def _write_job(data: dict, path: Path) -> None:
