@@ -74,8 +74,9 @@ def synthetic_words(n: int, seed: int = 0) -> list[str]:
     return sorted(words)
 
 
-def build_models(out: Path, vocab: int, shape: dict, dtype: torch.dtype) -> dict:
-    """Save the tokenizer, the policy and the reward model under `out`; their sizes."""
+def build_models(out: Path, words: list[str], vocab: int, shape: dict, dtype: torch.dtype) -> dict:
+    """Save the tokenizer (trained on `words`), the policy and the reward model under `out`;
+    their sizes."""
     from transformers import (
         GenerationConfig,
         Qwen2Config,
@@ -84,7 +85,6 @@ def build_models(out: Path, vocab: int, shape: dict, dtype: torch.dtype) -> dict
     )
 
     start = time.perf_counter()
-    words = synthetic_words(max(2_000, vocab))
     # Each word with and without its leading space, as running text has it.
     texts = (w for word in words for w in (word, " " + word))
     tokenizer = build_chat_tokenizer("chatml", train_byte_bpe(texts, vocab))
@@ -109,7 +109,6 @@ def build_models(out: Path, vocab: int, shape: dict, dtype: torch.dtype) -> dict
     reward = Qwen2ForSequenceClassification(Qwen2Config(num_labels=1, **config)).to(dtype)
     reward.save_pretrained(out / "reward")
     tokenizer.save_pretrained(out / "reward")
-    (out / "words.json").write_text(json.dumps(words))
     return {
         "tokenizer_vocab": len(tokenizer),
         "tokenizer_train_s": round(tokenizer_s, 1),
@@ -202,11 +201,11 @@ def main() -> None:
     if args.tiny:
         args.dtype = "float32"
     args.out.mkdir(parents=True, exist_ok=True)
+    words = synthetic_words(max(2_000, args.vocab))
     sizes = build_models(
-        args.out, args.vocab, TINY if args.tiny else QWEN2_05B, getattr(torch, args.dtype)
+        args.out, words, args.vocab, TINY if args.tiny else QWEN2_05B, getattr(torch, args.dtype)
     )
     print(json.dumps(sizes), flush=True)
-    words = json.loads((args.out / "words.json").read_text())
     write_prompts(
         args.out / "prompts.jsonl",
         words,
